@@ -1,0 +1,49 @@
+"""Redis key layout.
+
+Every key of one client carries the hash tag ``{c:<client_id>}`` so that all of a client's
+state lives in one Redis Cluster slot and one Lua call can touch it atomically.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpace:
+    """Builds every Redis key the gateway uses from one configurable prefix."""
+
+    prefix: str = "antidistill"
+
+    def client_tag(self, client_id: str) -> str:
+        return f"{self.prefix}:{{c:{client_id}}}"
+
+    def limit(self, client_id: str, name: str) -> str:
+        """GCRA theoretical-arrival-time key of one of a client's limits."""
+        return f"{self.client_tag(client_id)}:gcra:{name}"
+
+    def scoped_limit(self, scope: str, scope_id: str, name: str) -> str:
+        """GCRA key of a shared limit (``scope`` is ``tier`` or ``global``)."""
+        return f"{self.prefix}:{{{scope}:{scope_id}}}:gcra:{name}"
+
+    def inflight(self, client_id: str) -> str:
+        """Sorted set of a client's in-flight request leases, scored by expiry (ms)."""
+        return f"{self.client_tag(client_id)}:inflight"
+
+    def level(self, client_id: str) -> str:
+        """Hash with the client's enforcement level, reason codes and expiry."""
+        return f"{self.client_tag(client_id)}:level"
+
+    def summary(self, client_id: str) -> str:
+        """Per-client summary hash of the decision log."""
+        return f"{self.client_tag(client_id)}:summary"
+
+    @property
+    def decisions(self) -> str:
+        """The decision-log stream."""
+        return f"{self.prefix}:decisions"
+
+    @property
+    def clients(self) -> str:
+        """Sorted set of client ids, scored by last-seen time (ms)."""
+        return f"{self.prefix}:clients"
