@@ -1,0 +1,124 @@
+"""The composition root: ``create_app(settings)`` builds and wires every part, once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.keys import KeySpace
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.policy_holder import PolicyHolder
+from gateway.proxy import Proxy
+from gateway.ratelimit.limiter import Limiter
+from gateway.settings import Settings, resolve_key_secret
+from gateway.stages.admit import Admit
+from gateway.stages.identify import Identify
+from gateway.stages.meter import Meter
+from gateway.stages.parse import ParseBody
+from gateway.store.connect import EmbeddedRedis, connect
+from gateway.store.decision_log import DecisionLog
+from gateway.store.spool import Spool
+from gateway.upstream import UpstreamClient
+
+log = logging.getLogger("antidistill")
+
+_ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The gateway as an ASGI app. Everything it holds lives on this app, nothing global."""
+    metrics = Metrics()
+    policies = PolicyHolder(settings.policy, metrics)
+    policy = policies.current
+    keys = KeySpace(policy.store.key_prefix)
+    secret = resolve_key_secret(settings)
+    embedded = EmbeddedRedis(settings.data_dir / "redis") if settings.redis is None else None
+    redis_url = embedded.url if embedded is not None else str(settings.redis)
+    redis = connect(redis_url, settings.redis_timeout_s)
+    limiter = Limiter(redis)
+    upstream_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    upstream = UpstreamClient(settings.upstream_base, policy.upstream, upstream_key)
+    decisions = DecisionLog(
+        redis, keys, limiter, Spool(settings.spool_path.parent), metrics,
+        max_events=policy.store.retention.max_events,
+    )
+    pipeline = Pipeline(
+        request_stages=[Identify(secret), ParseBody(), Admit(limiter, keys, metrics)],
+        response_stages=[Meter()],
+    )
+    proxy = Proxy(policies.get, pipeline, upstream, decisions, metrics)
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        try:
+            redis_ok = bool(await redis.ping())
+        except (RedisError, OSError):
+            redis_ok = False
+        upstream_ok = await upstream.reachable()
+        ready = redis_ok and upstream_ok
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "redis": redis_ok, "upstream": upstream_ok},
+            status_code=200 if ready else 503,
+        )
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await upstream.start()
+        decisions.start()
+        watcher = (
+            asyncio.create_task(policies.watch(settings.policy_poll_s), name="policy-watch")
+            if settings.policy is not None and settings.policy_poll_s > 0
+            else None
+        )
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, policies.reload)
+        log.info(
+            "gateway ready",
+            extra={"upstream": settings.upstream_base, "policy": str(settings.policy or "built-in default"),
+                   "redis": redis_url.split("://", 1)[0]},
+        )
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signal.SIGHUP)
+            await decisions.close()
+            await upstream.close()
+            await redis.aclose()
+            if embedded is not None:
+                embedded.close()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+            Route("/{path:path}", proxy.handle, methods=_ALL_METHODS),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.policies = policies
+    app.state.decisions = decisions
+    app.state.keys = keys
+    app.state.redis = redis
+    app.state.limiter = limiter
+    return app

@@ -1,0 +1,297 @@
+"""The ``antidistill`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+
+from gateway.identity import client_id_for
+from gateway.keys import KeySpace
+from gateway.policy import Level, Policy
+from gateway.policy_file import PolicyError, load_policy, policy_json_schema
+from gateway.settings import Settings, resolve_key_secret
+
+app = typer.Typer(
+    help="antidistill: an API gateway that protects model endpoints against distillation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(help="Check policy files and export their schema.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys and client ids.", no_args_is_help=True)
+client_app = typer.Typer(help="Inspect and set a client's enforcement level.", no_args_is_help=True)
+decisions_app = typer.Typer(help="Read the decision log.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(keys_app, name="keys")
+app.add_typer(client_app, name="client")
+app.add_typer(decisions_app, name="decisions")
+
+RedisOpt = Annotated[
+    str | None,
+    typer.Option("--redis", envvar="ANTIDISTILL_REDIS", help="Redis URL; the embedded server in --data-dir if unset."),
+]
+DataDirOpt = Annotated[
+    Path, typer.Option("--data-dir", envvar="ANTIDISTILL_DATA_DIR", help="Embedded Redis data, spool, key secret.")
+]
+PolicyOpt = Annotated[
+    Path | None,
+    typer.Option("--policy", envvar="ANTIDISTILL_POLICY", help="Policy YAML (for its key prefix)."),
+]
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in "90s", "10m", "1h30m", "2d"; None for "0", "never" or "none" (no expiry)."""
+    if text.strip().lower() in ("0", "never", "none"):
+        return None
+    match = _DURATION.match(text.strip())
+    if not text.strip() or match is None or not any(match.groups()):
+        raise typer.BadParameter(f"{text!r} is not a duration like 30s, 10m, 1h30m or 2d")
+    d, h, m, s = (int(g) if g else 0 for g in match.groups())
+    return float(d * 86400 + h * 3600 + m * 60 + s)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def _load_policy_or_exit(path: Path | None) -> Policy:
+    if path is None:
+        return Policy()
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def serve(
+    upstream: Annotated[str, typer.Option(envvar="ANTIDISTILL_UPSTREAM", help="Base URL of the model server.")],
+    policy: PolicyOpt = None,
+    redis: RedisOpt = None,
+    host: Annotated[str, typer.Option(envvar="ANTIDISTILL_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="ANTIDISTILL_PORT")] = 8080,
+    workers: Annotated[int, typer.Option(envvar="ANTIDISTILL_WORKERS", help="Worker processes.")] = 1,
+    data_dir: DataDirOpt = Path("var"),
+    log_level: Annotated[str, typer.Option(envvar="ANTIDISTILL_LOG_LEVEL")] = "info",
+) -> None:
+    """Run the gateway in front of an OpenAI-compatible model server."""
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+    from gateway.store.connect import EmbeddedRedis
+
+    configure_logging(log_level)
+    try:
+        settings = Settings(
+            upstream=upstream, policy=policy, redis=redis, host=host, port=port,
+            workers=workers, data_dir=data_dir, log_level=log_level,
+        )
+    except ValidationError as exc:
+        raise _fail(f"invalid settings:\n{exc}") from None
+    _load_policy_or_exit(settings.policy)
+    resolve_key_secret(settings)  # created once here, before any worker starts
+    embedded = EmbeddedRedis(settings.data_dir / "redis") if settings.redis is None else None
+    if embedded is not None:
+        settings = settings.model_copy(update={"redis": embedded.url})
+    try:
+        common = {"host": settings.host, "port": settings.port, "loop": "uvloop", "http": "httptools",
+                  "log_config": None, "access_log": False, "timeout_graceful_shutdown": 10}
+        if settings.workers == 1:
+            uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        else:
+            os.environ["ANTIDISTILL_SETTINGS_JSON"] = settings.model_dump_json()
+            uvicorn.run("gateway.cli:app_from_environment", factory=True, workers=settings.workers,
+                        **common)  # type: ignore[arg-type]
+    finally:
+        if embedded is not None:
+            embedded.close()
+
+
+def app_from_environment() -> object:
+    """App factory for worker processes: the parent's resolved settings, passed as JSON."""
+    from gateway.app import create_app
+    from gateway.logs import configure_logging
+
+    settings = Settings.model_validate_json(os.environ["ANTIDISTILL_SETTINGS_JSON"])
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+@app.command("toy-upstream")
+def toy_upstream(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+) -> None:
+    """Run the toy OpenAI-compatible model server (a small trained LM and a digits classifier)."""
+    from sim.toy_upstream import serve as serve_toy
+
+    serve_toy(host, port)
+
+
+@keys_app.command("hash")
+def keys_hash(
+    key: Annotated[str, typer.Argument(help="The API key (use - to read it from stdin).")],
+    data_dir: DataDirOpt = Path("var"),
+) -> None:
+    """Print the client id of an API key, as policies and the decision log name it."""
+    if key == "-":
+        key = sys.stdin.readline().strip()
+    settings = Settings(upstream="http://unused.invalid", data_dir=data_dir)  # type: ignore[arg-type]
+    typer.echo(client_id_for(key, resolve_key_secret(settings)))
+
+
+@policy_app.command("check")
+def policy_check(files: Annotated[list[Path], typer.Argument(help="Policy files.")]) -> None:
+    """Validate policy files; print file:line: message for every problem."""
+    failed = False
+    for path in files:
+        try:
+            load_policy(path)
+            typer.echo(f"{path}: ok")
+        except PolicyError as exc:
+            failed = True
+            for issue in exc.issues:
+                typer.echo(str(issue), err=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+@policy_app.command("schema")
+def policy_schema() -> None:
+    """Print the policy's JSON Schema."""
+    typer.echo(policy_json_schema())
+
+
+def _redis_url(redis: str | None, data_dir: Path) -> tuple[str, object | None]:
+    if redis:
+        return redis, None
+    from gateway.store.connect import EmbeddedRedis
+
+    embedded = EmbeddedRedis(data_dir / "redis")
+    return embedded.url, embedded
+
+
+def _with_redis(redis: str | None, data_dir: Path, policy: Path | None, job: object) -> None:
+    import redis.asyncio as aioredis
+
+    from gateway.store.connect import EmbeddedRedis
+
+    keys = KeySpace(_load_policy_or_exit(policy).store.key_prefix)
+    url, embedded = _redis_url(redis, data_dir)
+
+    async def run() -> None:
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+        try:
+            await job(client, keys)  # type: ignore[operator]
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(run())
+    except OSError as exc:
+        raise _fail(f"cannot reach Redis at {url}: {exc}") from None
+    finally:
+        if isinstance(embedded, EmbeddedRedis):
+            embedded.close()
+
+
+@client_app.command("set-level")
+def client_set_level(
+    client: Annotated[str, typer.Argument(help="Client id (see `antidistill keys hash`).")],
+    level: Annotated[Level, typer.Argument(help="allow, watch, degrade, throttle or block.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why; kept as a reason code.")],
+    ttl: Annotated[str, typer.Option("--ttl", help="How long: 30m, 12h, 7d; 'never' for no expiry.")] = "24h",
+    redis: RedisOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+    policy: PolicyOpt = None,
+) -> None:
+    """Set a client's enforcement level (the detector does this automatically later)."""
+    from gateway.ratelimit.limiter import Limiter
+
+    ttl_s = parse_duration(ttl)
+    reason_code = re.sub(r"[^a-z0-9_:\-]+", "_", reason.strip().lower())[:64] or "operator"
+
+    async def job(client_redis: object, keys: KeySpace) -> None:
+        limiter = Limiter(client_redis)  # type: ignore[arg-type]
+        await limiter.set_level(keys.level(client), level.value, [f"operator:{reason_code}"], ttl_s)
+        shown = await limiter.get_level(keys.level(client))
+        typer.echo(f"{client}: {shown.level} ({', '.join(shown.reasons)})"
+                   + (f", expires in {ttl}" if ttl_s else ", no expiry"))
+
+    _with_redis(redis, data_dir, policy, job)
+
+
+@client_app.command("show")
+def client_show(
+    client: Annotated[str, typer.Argument(help="Client id.")],
+    redis: RedisOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+    policy: PolicyOpt = None,
+) -> None:
+    """Print a client's enforcement level and decision-log summary."""
+    from gateway.ratelimit.limiter import Limiter
+
+    async def job(client_redis: object, keys: KeySpace) -> None:
+        level = await Limiter(client_redis).get_level(keys.level(client))  # type: ignore[arg-type]
+        summary = await client_redis.hgetall(keys.summary(client))  # type: ignore[attr-defined]
+        typer.echo(orjson.dumps(
+            {"client": client, "level": level.level, "reasons": list(level.reasons),
+             "expires_at_ms": level.expires_at_ms,
+             "summary": {k.decode(): v.decode() for k, v in summary.items()}},
+            option=orjson.OPT_INDENT_2,
+        ).decode())
+
+    _with_redis(redis, data_dir, policy, job)
+
+
+@decisions_app.command("tail")
+def decisions_tail(
+    client: Annotated[str | None, typer.Option("--client", help="Only this client id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    count: Annotated[int, typer.Option("--count", "-n", help="How many of the latest events.")] = 20,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    redis: RedisOpt = None,
+    data_dir: DataDirOpt = Path("var"),
+    policy: PolicyOpt = None,
+) -> None:
+    """Print the latest decisions, oldest first."""
+    from gateway.store.reader import format_event, read_latest, read_after
+
+    async def job(client_redis: object, keys: KeySpace) -> None:
+        last_id, events = await read_latest(client_redis, keys, count, client)  # type: ignore[arg-type]
+        for event in events:
+            typer.echo(format_event(event, as_json))
+        while follow:
+            last_id, events = await read_after(client_redis, keys, last_id, client)  # type: ignore[arg-type]
+            for event in events:
+                typer.echo(format_event(event, as_json))
+
+    try:
+        _with_redis(redis, data_dir, policy, job)
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
+@app.command()
+def demo(
+    data_dir: DataDirOpt = Path("var/demo"),
+) -> None:
+    """Start the toy upstream and the gateway, send a mix of traffic, print the decisions."""
+    from gateway.demo import run_demo
+
+    raise typer.Exit(run_demo(data_dir))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,228 @@
+"""The policy model: the single source of truth for what the gateway enforces.
+
+A policy is a YAML file validated by :class:`Policy` (``extra="forbid"``, frozen). Every
+field has a safe default, so an empty file is a valid policy and ``Policy()`` is the
+built-in default that ``policies/default.yaml`` spells out with comments.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class PolicyReferenceError(ValueError):
+    """A cross-field error that knows which field it is about (for ``file:line`` reports)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RouteKind(StrEnum):
+    OPENAI_CHAT = "openai-chat"
+    OPENAI_COMPLETIONS = "openai-completions"
+    EMBEDDINGS = "embeddings"
+    MODELS = "models"
+    PROBABILITIES = "probabilities"
+
+
+class Level(StrEnum):
+    """Enforcement levels, weakest first."""
+
+    ALLOW = "allow"
+    WATCH = "watch"
+    DEGRADE = "degrade"
+    THROTTLE = "throttle"
+    BLOCK = "block"
+
+
+class Route(_Model):
+    """One path the gateway forwards; any other path answers 404."""
+
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9/_\-.]*$")]
+    kind: RouteKind
+    upstream_path: str | None = Field(
+        default=None, description="Path on the upstream; defaults to the same path."
+    )
+    probabilities_pointer: str | None = Field(
+        default=None,
+        description="JSON pointer to the probability vectors (route kind 'probabilities').",
+    )
+
+    @property
+    def method(self) -> str:
+        return "GET" if self.kind is RouteKind.MODELS else "POST"
+
+
+def _default_routes() -> tuple[Route, ...]:
+    return (
+        Route(path="/v1/chat/completions", kind=RouteKind.OPENAI_CHAT),
+        Route(path="/v1/completions", kind=RouteKind.OPENAI_COMPLETIONS),
+        Route(path="/v1/embeddings", kind=RouteKind.EMBEDDINGS),
+        Route(path="/v1/models", kind=RouteKind.MODELS),
+    )
+
+
+class Limits(_Model):
+    """Limits of one scope. ``None`` means unlimited.
+
+    Rates are GCRA (a token bucket refilled continuously): a limit of N per minute admits a
+    burst of up to N at once and then one unit every 60/N seconds.
+    """
+
+    requests_per_minute: PositiveFloat | None = None
+    tokens_per_minute: PositiveFloat | None = None
+    tokens_per_day: PositiveFloat | None = None
+    max_concurrent: PositiveInt | None = None
+
+    def merged(self, override: Limits) -> Limits:
+        """These limits with every field that ``override`` sets replaced."""
+        return self.model_copy(update=override.model_dump(exclude_unset=True))
+
+
+class Tier(_Model):
+    limits: Limits = Limits(
+        requests_per_minute=60,
+        tokens_per_minute=40_000,
+        tokens_per_day=1_000_000,
+        max_concurrent=8,
+    )
+    shared_limits: Limits = Field(
+        default=Limits(), description="Limits shared by all clients of the tier together."
+    )
+
+
+class ClientOverride(_Model):
+    """Per-client settings, keyed by client id (``antidistill keys hash KEY``)."""
+
+    name: str | None = Field(default=None, description="A label for humans.")
+    tier: str | None = None
+    limits: Limits = Limits()
+    allowlist: bool = Field(
+        default=False, description="Never rate limited or enforced upon; still logged."
+    )
+
+
+class TrustedHeaders(_Model):
+    """Headers set by a trusted edge proxy. Unnamed headers are never read."""
+
+    client_ip: str | None = None
+    tls_fingerprint: str | None = None
+    org_id: str | None = None
+
+
+class Identity(_Model):
+    unknown_keys: Literal["reject", "default_tier"] = Field(
+        default="default_tier",
+        description="What happens to API keys that no client override names.",
+    )
+    missing_key: Literal["reject", "default_tier"] = Field(
+        default="reject", description="What happens to requests without any API key."
+    )
+    default_tier: str = "default"
+    trusted_headers: TrustedHeaders = TrustedHeaders()
+
+
+class Tokens(_Model):
+    default_max_tokens: PositiveInt = Field(
+        default=256, description="Output tokens reserved when a request names no max_tokens."
+    )
+    chars_per_token: PositiveFloat = Field(
+        default=4.0, description="Prompt-token estimate before the upstream's usage is known."
+    )
+
+
+class Enforcement(_Model):
+    throttle_factor: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+
+class Retention(_Model):
+    max_events: PositiveInt = Field(
+        default=1_000_000, description="The decision stream is trimmed to about this length."
+    )
+    keep_prompt_samples: bool = False
+
+
+class Store(_Model):
+    key_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_:\-]+$")] = "antidistill"
+    on_store_error: Literal["fail_open", "fail_closed"] = "fail_open"
+    retention: Retention = Retention()
+
+
+class Requests(_Model):
+    max_body_bytes: PositiveInt = 1_048_576
+
+
+class Upstream(_Model):
+    connect_timeout_s: PositiveFloat = 5.0
+    read_timeout_s: PositiveFloat = 120.0
+    max_connections: PositiveInt = 256
+
+
+class Policy(_Model):
+    """A whole policy file."""
+
+    version: Literal[1] = 1
+    shadow: bool = Field(
+        default=False, description="Log what would be enforced without enforcing it."
+    )
+    routes: tuple[Route, ...] = Field(default_factory=_default_routes)
+    identity: Identity = Identity()
+    tiers: dict[str, Tier] = Field(default_factory=lambda: {"default": Tier()})
+    clients: dict[str, ClientOverride] = Field(default_factory=dict)
+    global_limits: Limits = Limits()
+    tokens: Tokens = Tokens()
+    enforcement: Enforcement = Enforcement()
+    store: Store = Store()
+    requests: Requests = Requests()
+    upstream: Upstream = Upstream()
+
+    @field_validator("routes")
+    @classmethod
+    def _unique_paths(cls, routes: tuple[Route, ...]) -> tuple[Route, ...]:
+        paths = [r.path for r in routes]
+        dupes = sorted({p for p in paths if paths.count(p) > 1})
+        if dupes:
+            raise ValueError(f"route paths must be unique; repeated: {', '.join(dupes)}")
+        return routes
+
+    @field_validator("clients")
+    @classmethod
+    def _client_ids_are_hashes(cls, clients: dict[str, ClientOverride]) -> dict[str, ClientOverride]:
+        for client_id in clients:
+            if len(client_id) != 64 or any(c not in "0123456789abcdef" for c in client_id):
+                raise ValueError(
+                    f"client id {client_id[:80]!r} is not a key hash; "
+                    "use `antidistill keys hash KEY` to get one"
+                )
+        return clients
+
+    @model_validator(mode="after")
+    def _tiers_exist(self) -> Policy:
+        if self.identity.default_tier not in self.tiers:
+            raise PolicyReferenceError(
+                ("identity", "default_tier"),
+                f"default_tier {self.identity.default_tier!r} is not one of the tiers",
+            )
+        for client_id, client in self.clients.items():
+            if client.tier is not None and client.tier not in self.tiers:
+                raise PolicyReferenceError(
+                    ("clients", client_id, "tier"), f"tier {client.tier!r} is not one of the tiers"
+                )
+        return self
+
+    def route_for(self, path: str) -> Route | None:
+        for route in self.routes:
+            if route.path == path:
+                return route
+        return None

@@ -1,0 +1,62 @@
+"""The running policy and its hot reload (file watch and SIGHUP).
+
+A reload that fails validation keeps the running policy and logs every ``file:line``
+problem; the gateway never runs on a half-valid policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from gateway.metrics import Metrics
+from gateway.policy import Policy
+from gateway.policy_file import PolicyError, load_policy
+
+log = logging.getLogger("antidistill.policy")
+
+
+class PolicyHolder:
+    def __init__(self, path: Path | None, metrics: Metrics) -> None:
+        self.path = path
+        self._metrics = metrics
+        self.current = load_policy(path) if path is not None else Policy()
+        self._mtime = self._stat()
+
+    def get(self) -> Policy:
+        return self.current
+
+    def _stat(self) -> float | None:
+        if self.path is None:
+            return None
+        try:
+            return self.path.stat().st_mtime_ns / 1e9
+        except OSError:
+            return None
+
+    def reload(self) -> bool:
+        """Load the file again; True if the new policy is now running."""
+        if self.path is None:
+            return False
+        self._mtime = self._stat()
+        try:
+            policy = load_policy(self.path)
+        except PolicyError as exc:
+            self._metrics.policy_reloads.labels(result="invalid").inc()
+            log.error(
+                "policy reload refused; keeping the running policy",
+                extra={"problems": [str(i) for i in exc.issues]},
+            )
+            return False
+        self.current = policy
+        self._metrics.policy_reloads.labels(result="ok").inc()
+        log.info("policy reloaded", extra={"path": str(self.path)})
+        return True
+
+    async def watch(self, interval_s: float) -> None:
+        """Reload whenever the file's modification time changes."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self._stat() != self._mtime:
+                self.reload()

@@ -1,0 +1,186 @@
+"""The decision log: one event per request on a Redis Stream, written off the request path.
+
+Requests hand their event (and their token settlement) to :meth:`DecisionLog.record`, which
+never waits. One background task drains the queue in batches and writes each batch as a
+single MULTI/EXEC pipeline: settle reservations, XADD the events, update per-client
+summaries. When Redis cannot be reached the events go to the local :class:`Spool` and are
+replayed, oldest first, as soon as a write succeeds again. Settlements made during an
+outage are dropped: the reservation stays charged (the conservative side) and concurrency
+leases expire by their TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway.keys import KeySpace
+from gateway.metrics import Metrics
+from gateway.ratelimit.limiter import Charge, Limiter
+from gateway.store.events import DecisionEvent
+from gateway.store.spool import Spool
+
+log = logging.getLogger("antidistill.decisions")
+
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """Token corrections and the lease to release once a request is over."""
+
+    adjustments: tuple[tuple[Charge, float], ...]
+    inflight_key: str | None
+    lease_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    event: DecisionEvent
+    settlement: Settlement | None
+
+
+class DecisionLog:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: KeySpace,
+        limiter: Limiter,
+        spool: Spool,
+        metrics: Metrics,
+        *,
+        max_events: int,
+        batch_size: int = 512,
+        retry_after_failure_s: float = 1.0,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._limiter = limiter
+        self._spool = spool
+        self._metrics = metrics
+        self.max_events = max_events
+        self._batch_size = batch_size
+        self._retry_after_failure_s = retry_after_failure_s
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._down_until = 0.0
+        self._orphans_checked = False
+        self._replayed = 0
+
+    def record(self, event: DecisionEvent, settlement: Settlement | None = None) -> None:
+        """Queue an event for writing; returns at once."""
+        self._queue.put_nowait(_Item(event, settlement))
+        self._metrics.event_queue.set(self._queue.qsize())
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="decision-log-writer")
+
+    async def close(self) -> None:
+        """Write out everything queued (to Redis, or to the spool), then stop."""
+        if self._task is not None:
+            await self._queue.join()
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._spool.close()
+
+    async def flush(self) -> None:
+        """Wait until every event recorded so far is written to Redis or the spool."""
+        await self._queue.join()
+
+    @property
+    def spooled(self) -> int:
+        return self._spool.pending
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write_batch(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+                self._metrics.event_queue.set(self._queue.qsize())
+
+    async def _write_batch(self, batch: Sequence[_Item]) -> None:
+        if time.monotonic() >= self._down_until:
+            try:
+                if self._spool.pending or not self._orphans_checked:
+                    await self._replay()
+                await self._write(batch)
+                self._metrics.events_written.inc(len(batch))
+                return
+            except _UNREACHABLE as exc:
+                self._down_until = time.monotonic() + self._retry_after_failure_s
+                log.warning(
+                    "decision log: Redis unreachable (%s); spooling events locally",
+                    type(exc).__name__,
+                )
+        self._spool.append([item.event for item in batch])
+        self._metrics.events_spooled.inc(len(batch))
+
+    async def _write(self, batch: Sequence[_Item]) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        for item in batch:
+            if item.settlement is not None:
+                self._limiter.queue_settle(
+                    pipe,
+                    adjustments=item.settlement.adjustments,
+                    inflight_key=item.settlement.inflight_key,
+                    lease_id=item.settlement.lease_id,
+                )
+            self._queue_event(pipe, item.event)
+        results = await pipe.execute(raise_on_error=False)
+        errors = [r for r in results if isinstance(r, RedisError)]
+        if errors:
+            # The transaction ran: events are stored; a failing command is a bug to report,
+            # not a reason to write the events a second time.
+            log.error("decision log: %d commands failed, first: %s", len(errors), errors[0])
+
+    def _queue_event(self, pipe: aioredis.client.Pipeline, event: DecisionEvent) -> None:
+        fields: dict[str | bytes, str | bytes | int | float] = dict(event.to_fields())
+        pipe.xadd(self._keys.decisions, fields, maxlen=self.max_events, approximate=True)
+        summary = self._keys.summary(event.client)
+        pipe.hincrby(summary, "requests", 1)
+        pipe.hincrby(summary, f"decision:{event.decision}", 1)
+        tokens = (event.prompt_tokens or 0) + event.completion_tokens
+        if tokens and event.decision == "admitted":
+            pipe.hincrby(summary, "tokens", tokens)
+        pipe.hset(
+            summary,
+            mapping={"last_ts": event.ts, "tier": event.tier, "level": event.level},
+        )
+        pipe.zadd(self._keys.clients, {event.client: event.ts})
+
+    async def _replay(self) -> None:
+        """Write spooled events to Redis, each chunk exactly once even if Redis fails again."""
+        own = self._spool.own_events()
+        while self._replayed < len(own):
+            chunk = own[self._replayed : self._replayed + self._batch_size]
+            await self._write([_Item(e, None) for e in chunk])
+            self._replayed += len(chunk)
+            self._metrics.events_written.inc(len(chunk))
+        if own:
+            self._spool.clear_own()
+            self._replayed = 0
+            log.info("decision log: replayed %d spooled events", len(own))
+        for path, events, _handle in self._spool.orphans():
+            # One transaction per file: it is stored whole or not at all.
+            await self._write([_Item(e, None) for e in events])
+            path.unlink()
+            self._metrics.events_written.inc(len(events))
+            log.info("decision log: replayed %d events left by a stopped process", len(events))
+        self._orphans_checked = True
