@@ -53,10 +53,12 @@ class Settings(BaseSettings):
 def resolve_key_secret(settings: Settings) -> bytes:
     """The HMAC secret: the configured one, else one generated once and kept in ``data_dir``.
 
+    An empty configured secret counts as unset: an empty HMAC key would make ids guessable.
+
     The file is created with mode 0600 and never overwritten, so client ids stay stable
     across restarts and across the worker processes of one gateway.
     """
-    if settings.key_secret is not None:
+    if settings.key_secret is not None and settings.key_secret.get_secret_value():
         return settings.key_secret.get_secret_value().encode()
     path = settings.data_dir / "key_secret"
     path.parent.mkdir(parents=True, exist_ok=True)

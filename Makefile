@@ -1,0 +1,35 @@
+# antidistill: one entry point for set-up, the demo, the tests and the benchmarks.
+# Needs only Python 3.11 (with its venv module); everything else is installed into .venv.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo serve test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "antidistill needs Python 3.11, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+	$(BIN)/python -m pip install --quiet -e '.[dev,sim]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install antidistill with its test tools
+
+demo: $(STAMP)  ## toy model server + gateway on an embedded Redis, a traffic mix, the decisions
+	$(BIN)/antidistill demo
+
+test: $(STAMP)  ## the test suite (a real Redis: 127.0.0.1:6379 if it answers, else an embedded one)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)  ## ruff and mypy --strict
+	$(BIN)/ruff check gateway detectors sim bench tests
+	$(BIN)/ruff format --check gateway detectors sim bench tests
+	$(BIN)/mypy
+
+bench: $(STAMP)  ## gateway overhead vs direct and nginx; writes BENCHMARKS.md
+	$(BIN)/python -m bench.overhead --write-benchmarks
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
