@@ -1,6 +1,6 @@
 """A fast OpenAI-shaped stub upstream for overhead benchmarks (fixed answers, no model).
 
-    python -m bench.stub_upstream --port 9100
+python -m bench.stub_upstream --port 9100
 """
 
 from __future__ import annotations

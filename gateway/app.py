@@ -41,15 +41,21 @@ def create_app(settings: Settings) -> Starlette:
     policies = PolicyHolder(settings.policy, metrics)
     policy = policies.current
     keys = KeySpace(policy.store.key_prefix)
-    secret = resolve_key_secret(settings)
+    secret = resolve_key_secret(settings.key_secret, settings.data_dir)
     embedded = EmbeddedRedis(settings.data_dir / "redis") if settings.redis is None else None
     redis_url = embedded.url if embedded is not None else str(settings.redis)
     redis = connect(redis_url, settings.redis_timeout_s)
     limiter = Limiter(redis)
-    upstream_key = settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    upstream_key = (
+        settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None
+    )
     upstream = UpstreamClient(settings.upstream_base, policy.upstream, upstream_key)
     decisions = DecisionLog(
-        redis, keys, limiter, Spool(settings.spool_path.parent), metrics,
+        redis,
+        keys,
+        limiter,
+        Spool(settings.spool_path.parent),
+        metrics,
         max_events=policy.store.retention.max_events,
     )
     pipeline = Pipeline(
@@ -69,7 +75,11 @@ def create_app(settings: Settings) -> Starlette:
         upstream_ok = await upstream.reachable()
         ready = redis_ok and upstream_ok
         return JSONResponse(
-            {"status": "ready" if ready else "not_ready", "redis": redis_ok, "upstream": upstream_ok},
+            {
+                "status": "ready" if ready else "not_ready",
+                "redis": redis_ok,
+                "upstream": upstream_ok,
+            },
             status_code=200 if ready else 503,
         )
 
@@ -90,8 +100,11 @@ def create_app(settings: Settings) -> Starlette:
             loop.add_signal_handler(signal.SIGHUP, policies.reload)
         log.info(
             "gateway ready",
-            extra={"upstream": settings.upstream_base, "policy": str(settings.policy or "built-in default"),
-                   "redis": redis_url.split("://", 1)[0]},
+            extra={
+                "upstream": settings.upstream_base,
+                "policy": str(settings.policy or "built-in default"),
+                "redis": redis_url.split("://", 1)[0],
+            },
         )
         try:
             yield

@@ -6,12 +6,15 @@ import asyncio
 import os
 import re
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
 import orjson
+import redis.asyncio as aioredis
 import typer
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
+from redis.exceptions import RedisError
 
 from gateway.identity import client_id_for
 from gateway.keys import KeySpace
@@ -35,10 +38,17 @@ app.add_typer(decisions_app, name="decisions")
 
 RedisOpt = Annotated[
     str | None,
-    typer.Option("--redis", envvar="ANTIDISTILL_REDIS", help="Redis URL; the embedded server in --data-dir if unset."),
+    typer.Option(
+        "--redis",
+        envvar="ANTIDISTILL_REDIS",
+        help="Redis URL; the embedded server in --data-dir if unset.",
+    ),
 ]
 DataDirOpt = Annotated[
-    Path, typer.Option("--data-dir", envvar="ANTIDISTILL_DATA_DIR", help="Embedded Redis data, spool, key secret.")
+    Path,
+    typer.Option(
+        "--data-dir", envvar="ANTIDISTILL_DATA_DIR", help="Embedded Redis data, spool, key secret."
+    ),
 ]
 PolicyOpt = Annotated[
     Path | None,
@@ -75,12 +85,16 @@ def _load_policy_or_exit(path: Path | None) -> Policy:
 
 @app.command()
 def serve(
-    upstream: Annotated[str, typer.Option(envvar="ANTIDISTILL_UPSTREAM", help="Base URL of the model server.")],
+    upstream: Annotated[
+        str, typer.Option(envvar="ANTIDISTILL_UPSTREAM", help="Base URL of the model server.")
+    ],
     policy: PolicyOpt = None,
     redis: RedisOpt = None,
     host: Annotated[str, typer.Option(envvar="ANTIDISTILL_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="ANTIDISTILL_PORT")] = 8080,
-    workers: Annotated[int, typer.Option(envvar="ANTIDISTILL_WORKERS", help="Worker processes.")] = 1,
+    workers: Annotated[
+        int, typer.Option(envvar="ANTIDISTILL_WORKERS", help="Worker processes.")
+    ] = 1,
     data_dir: DataDirOpt = Path("var"),
     log_level: Annotated[str, typer.Option(envvar="ANTIDISTILL_LOG_LEVEL")] = "info",
 ) -> None:
@@ -93,26 +107,45 @@ def serve(
 
     configure_logging(log_level)
     try:
-        settings = Settings(
-            upstream=upstream, policy=policy, redis=redis, host=host, port=port,
-            workers=workers, data_dir=data_dir, log_level=log_level,
+        settings = Settings.model_validate(
+            {
+                "upstream": upstream,
+                "policy": policy,
+                "redis": redis,
+                "host": host,
+                "port": port,
+                "workers": workers,
+                "data_dir": data_dir,
+                "log_level": log_level,
+            }
         )
     except ValidationError as exc:
         raise _fail(f"invalid settings:\n{exc}") from None
     _load_policy_or_exit(settings.policy)
-    resolve_key_secret(settings)  # created once here, before any worker starts
+    # Created once here, before any worker starts, so all workers agree on client ids.
+    resolve_key_secret(settings.key_secret, settings.data_dir)
     embedded = EmbeddedRedis(settings.data_dir / "redis") if settings.redis is None else None
     if embedded is not None:
         settings = settings.model_copy(update={"redis": embedded.url})
     try:
-        common = {"host": settings.host, "port": settings.port, "loop": "uvloop", "http": "httptools",
-                  "log_config": None, "access_log": False, "timeout_graceful_shutdown": 10}
         if settings.workers == 1:
-            uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+            target: object = create_app(settings)
         else:
+            # Worker processes build their own app from the settings resolved here.
             os.environ["ANTIDISTILL_SETTINGS_JSON"] = settings.model_dump_json()
-            uvicorn.run("gateway.cli:app_from_environment", factory=True, workers=settings.workers,
-                        **common)  # type: ignore[arg-type]
+            target = "gateway.cli:app_from_environment"
+        uvicorn.run(
+            target,  # type: ignore[arg-type]
+            factory=settings.workers > 1,
+            workers=settings.workers,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+        )
     finally:
         if embedded is not None:
             embedded.close()
@@ -143,12 +176,19 @@ def toy_upstream(
 def keys_hash(
     key: Annotated[str, typer.Argument(help="The API key (use - to read it from stdin).")],
     data_dir: DataDirOpt = Path("var"),
+    key_secret: Annotated[
+        str | None,
+        typer.Option(envvar="ANTIDISTILL_KEY_SECRET", help="The gateway's HMAC secret."),
+    ] = None,
 ) -> None:
-    """Print the client id of an API key, as policies and the decision log name it."""
+    """Print the client id of an API key, as policies and the decision log name it.
+
+    Uses the same secret as `serve`: ANTIDISTILL_KEY_SECRET, else the one kept in --data-dir.
+    """
     if key == "-":
         key = sys.stdin.readline().strip()
-    settings = Settings(upstream="http://unused.invalid", data_dir=data_dir)  # type: ignore[arg-type]
-    typer.echo(client_id_for(key, resolve_key_secret(settings)))
+    secret = resolve_key_secret(SecretStr(key_secret) if key_secret else None, data_dir)
+    typer.echo(client_id_for(key, secret))
 
 
 @policy_app.command("check")
@@ -173,36 +213,31 @@ def policy_schema() -> None:
     typer.echo(policy_json_schema())
 
 
-def _redis_url(redis: str | None, data_dir: Path) -> tuple[str, object | None]:
-    if redis:
-        return redis, None
-    from gateway.store.connect import EmbeddedRedis
-
-    embedded = EmbeddedRedis(data_dir / "redis")
-    return embedded.url, embedded
+RedisJob = Callable[[aioredis.Redis, KeySpace], Awaitable[None]]
 
 
-def _with_redis(redis: str | None, data_dir: Path, policy: Path | None, job: object) -> None:
-    import redis.asyncio as aioredis
-
+def _with_redis(redis: str | None, data_dir: Path, policy: Path | None, job: RedisJob) -> None:
+    """Run ``job`` against --redis, or the embedded server of --data-dir (attached if a
+    gateway runs there, started otherwise)."""
     from gateway.store.connect import EmbeddedRedis
 
     keys = KeySpace(_load_policy_or_exit(policy).store.key_prefix)
-    url, embedded = _redis_url(redis, data_dir)
+    embedded = None if redis else EmbeddedRedis(data_dir / "redis")
+    url = redis or embedded.url  # type: ignore[union-attr]
 
     async def run() -> None:
         client = aioredis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
         try:
-            await job(client, keys)  # type: ignore[operator]
+            await job(client, keys)
         finally:
             await client.aclose()
 
     try:
         asyncio.run(run())
-    except OSError as exc:
+    except (OSError, RedisError) as exc:
         raise _fail(f"cannot reach Redis at {url}: {exc}") from None
     finally:
-        if isinstance(embedded, EmbeddedRedis):
+        if embedded is not None:
             embedded.close()
 
 
@@ -211,7 +246,9 @@ def client_set_level(
     client: Annotated[str, typer.Argument(help="Client id (see `antidistill keys hash`).")],
     level: Annotated[Level, typer.Argument(help="allow, watch, degrade, throttle or block.")],
     reason: Annotated[str, typer.Option("--reason", help="Why; kept as a reason code.")],
-    ttl: Annotated[str, typer.Option("--ttl", help="How long: 30m, 12h, 7d; 'never' for no expiry.")] = "24h",
+    ttl: Annotated[
+        str, typer.Option("--ttl", help="How long: 30m, 12h, 7d; 'never' for no expiry.")
+    ] = "24h",
     redis: RedisOpt = None,
     data_dir: DataDirOpt = Path("var"),
     policy: PolicyOpt = None,
@@ -222,12 +259,14 @@ def client_set_level(
     ttl_s = parse_duration(ttl)
     reason_code = re.sub(r"[^a-z0-9_:\-]+", "_", reason.strip().lower())[:64] or "operator"
 
-    async def job(client_redis: object, keys: KeySpace) -> None:
-        limiter = Limiter(client_redis)  # type: ignore[arg-type]
+    async def job(client_redis: aioredis.Redis, keys: KeySpace) -> None:
+        limiter = Limiter(client_redis)
         await limiter.set_level(keys.level(client), level.value, [f"operator:{reason_code}"], ttl_s)
         shown = await limiter.get_level(keys.level(client))
-        typer.echo(f"{client}: {shown.level} ({', '.join(shown.reasons)})"
-                   + (f", expires in {ttl}" if ttl_s else ", no expiry"))
+        typer.echo(
+            f"{client}: {shown.level} ({', '.join(shown.reasons)})"
+            + (f", expires in {ttl}" if ttl_s else ", no expiry")
+        )
 
     _with_redis(redis, data_dir, policy, job)
 
@@ -242,15 +281,21 @@ def client_show(
     """Print a client's enforcement level and decision-log summary."""
     from gateway.ratelimit.limiter import Limiter
 
-    async def job(client_redis: object, keys: KeySpace) -> None:
-        level = await Limiter(client_redis).get_level(keys.level(client))  # type: ignore[arg-type]
-        summary = await client_redis.hgetall(keys.summary(client))  # type: ignore[attr-defined]
-        typer.echo(orjson.dumps(
-            {"client": client, "level": level.level, "reasons": list(level.reasons),
-             "expires_at_ms": level.expires_at_ms,
-             "summary": {k.decode(): v.decode() for k, v in summary.items()}},
-            option=orjson.OPT_INDENT_2,
-        ).decode())
+    async def job(client_redis: aioredis.Redis, keys: KeySpace) -> None:
+        level = await Limiter(client_redis).get_level(keys.level(client))
+        summary = await client_redis.hgetall(keys.summary(client))
+        typer.echo(
+            orjson.dumps(
+                {
+                    "client": client,
+                    "level": level.level,
+                    "reasons": list(level.reasons),
+                    "expires_at_ms": level.expires_at_ms,
+                    "summary": {_text(k): _text(v) for k, v in summary.items()},
+                },
+                option=orjson.OPT_INDENT_2,
+            ).decode()
+        )
 
     _with_redis(redis, data_dir, policy, job)
 
@@ -259,21 +304,25 @@ def client_show(
 def decisions_tail(
     client: Annotated[str | None, typer.Option("--client", help="Only this client id.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    count: Annotated[int, typer.Option("--count", "-n", help="How many of the latest events.")] = 20,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    count: Annotated[
+        int, typer.Option("--count", "-n", help="How many of the latest events.")
+    ] = 20,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
     redis: RedisOpt = None,
     data_dir: DataDirOpt = Path("var"),
     policy: PolicyOpt = None,
 ) -> None:
     """Print the latest decisions, oldest first."""
-    from gateway.store.reader import format_event, read_latest, read_after
+    from gateway.store.reader import format_event, read_after, read_latest
 
-    async def job(client_redis: object, keys: KeySpace) -> None:
-        last_id, events = await read_latest(client_redis, keys, count, client)  # type: ignore[arg-type]
+    async def job(client_redis: aioredis.Redis, keys: KeySpace) -> None:
+        last_id, events = await read_latest(client_redis, keys, count, client)
         for event in events:
             typer.echo(format_event(event, as_json))
         while follow:
-            last_id, events = await read_after(client_redis, keys, last_id, client)  # type: ignore[arg-type]
+            last_id, events = await read_after(client_redis, keys, last_id, client)
             for event in events:
                 typer.echo(format_event(event, as_json))
 
@@ -291,6 +340,10 @@ def demo(
     from gateway.demo import run_demo
 
     raise typer.Exit(run_demo(data_dir))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def main() -> None:

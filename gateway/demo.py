@@ -24,7 +24,7 @@ from gateway.identity import client_id_for
 from gateway.keys import KeySpace
 from gateway.policy_file import parse_policy
 from gateway.ratelimit.limiter import Limiter
-from gateway.settings import Settings, resolve_key_secret
+from gateway.settings import resolve_key_secret
 from gateway.store.connect import EmbeddedRedis
 from gateway.store.reader import format_event, read_latest
 
@@ -82,17 +82,32 @@ def _say(text: str) -> None:
 
 
 def _chat(content: str, **extra: object) -> dict[str, object]:
-    return {"model": "toy-lm", "messages": [{"role": "user", "content": content}], "max_tokens": 24, **extra}
+    return {
+        "model": "toy-lm",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": 24,
+        **extra,
+    }
 
 
 def _traffic(gw: str, client: httpx.Client) -> Counter[str]:
     """The demo's traffic mix; returns a count of HTTP statuses seen."""
     seen: Counter[str] = Counter()
 
-    def post(key: str | None, body: object = None, raw: bytes | None = None, path: str = "/v1/chat/completions") -> httpx.Response:
+    def post(
+        key: str | None,
+        body: object = None,
+        raw: bytes | None = None,
+        path: str = "/v1/chat/completions",
+    ) -> httpx.Response:
         headers = {"authorization": f"Bearer {key}"} if key else {}
-        r = client.post(gw + path, json=body, headers=headers) if raw is None else client.post(
-            gw + path, content=raw, headers={**headers, "content-type": "application/json"})
+        r = (
+            client.post(gw + path, json=body, headers=headers)
+            if raw is None
+            else client.post(
+                gw + path, content=raw, headers={**headers, "content-type": "application/json"}
+            )
+        )
         seen[str(r.status_code)] += 1
         return r
 
@@ -100,8 +115,12 @@ def _traffic(gw: str, client: httpx.Client) -> Counter[str]:
     for prompt in ("how was your weekend", "what do you like to cook"):
         r = post("demo-alice", _chat(prompt))
         _say(f"   {r.status_code}  {r.json()['choices'][0]['message']['content'][:60]!r}")
-    with client.stream("POST", gw + "/v1/chat/completions", json=_chat("tell me about music", stream=True),
-                       headers={"authorization": "Bearer demo-alice"}) as r:
+    with client.stream(
+        "POST",
+        gw + "/v1/chat/completions",
+        json=_chat("tell me about music", stream=True),
+        headers={"authorization": "Bearer demo-alice"},
+    ) as r:
         chunks = sum(1 for line in r.iter_lines() if line.startswith("data: "))
         seen[str(r.status_code)] += 1
     _say(f"   {r.status_code}  streamed {chunks} server-sent events")
@@ -110,7 +129,10 @@ def _traffic(gw: str, client: httpx.Client) -> Counter[str]:
     statuses = [post("demo-bob", _chat(f"question {i}")) for i in range(12)]
     counts = Counter(r.status_code for r in statuses)
     last = next((r for r in statuses if r.status_code == 429), None)
-    _say(f"   {dict(counts)}" + (f"; 429 says Retry-After: {last.headers['retry-after']}s" if last else ""))
+    _say(
+        f"   {dict(counts)}"
+        + (f"; 429 says Retry-After: {last.headers['retry-after']}s" if last else "")
+    )
 
     _say("\n3. bad input:")
     for label, r in (
@@ -154,33 +176,58 @@ def run_demo(data_dir: Path) -> int:
     policy_path = data_dir / "demo-policy.yaml"
     policy_path.write_text(DEMO_POLICY)
     keys = KeySpace(parse_policy(DEMO_POLICY).store.key_prefix)
-    secret = resolve_key_secret(Settings(upstream="http://127.0.0.1:1", data_dir=data_dir))  # type: ignore[arg-type]
+    secret = resolve_key_secret(None, data_dir)
     up_port, gw_port = _free_port(), _free_port()
     up, gw = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
     _say(f"antidistill demo — toy model server on {up}, gateway on {gw}, data in {data_dir}")
     embedded = EmbeddedRedis(data_dir / "redis")
     try:
         with (
-            _process(["toy-upstream", "--port", str(up_port)], data_dir / "toy-upstream.log") as up_proc,
-            _process(["serve", "--upstream", up, "--port", str(gw_port), "--policy", str(policy_path),
-                      "--redis", embedded.url, "--data-dir", str(data_dir), "--log-level", "warning"],
-                     data_dir / "gateway.log") as gw_proc,
+            _process(
+                ["toy-upstream", "--port", str(up_port)], data_dir / "toy-upstream.log"
+            ) as up_proc,
+            _process(
+                [
+                    "serve",
+                    "--upstream",
+                    up,
+                    "--port",
+                    str(gw_port),
+                    "--policy",
+                    str(policy_path),
+                    "--redis",
+                    embedded.url,
+                    "--data-dir",
+                    str(data_dir),
+                    "--log-level",
+                    "warning",
+                ],
+                data_dir / "gateway.log",
+            ) as gw_proc,
         ):
             _wait(up + "/v1/models", up_proc)
             _wait(gw + "/readyz", gw_proc)
             with httpx.Client(timeout=60) as client:
                 seen = _traffic(gw, client)
                 carol = client_id_for("demo-carol", secret)
-                _say(f"\n4. an operator blocks carol ({carol[:12]}…) with `antidistill client set-level`:")
+                _say(
+                    f"\n4. an operator blocks carol ({carol[:12]}…) "
+                    "with `antidistill client set-level`:"
+                )
                 asyncio.run(_block_and_report(embedded.url, keys, carol))
-                r = client.post(gw + "/v1/chat/completions", json=_chat("hello"),
-                                headers={"authorization": "Bearer demo-carol"})
+                r = client.post(
+                    gw + "/v1/chat/completions",
+                    json=_chat("hello"),
+                    headers={"authorization": "Bearer demo-carol"},
+                )
                 seen[str(r.status_code)] += 1
                 _say(f"   {r.status_code} {r.json()['error']['code']}")
             time.sleep(0.5)  # the decision log is written just after each response
             asyncio.run(_print_log(embedded.url, keys, sum(seen.values())))
-        _say("\nStopped the gateway and the toy model server. Logs: "
-             f"{data_dir / 'gateway.log'}, {data_dir / 'toy-upstream.log'}")
+        _say(
+            "\nStopped the gateway and the toy model server. Logs: "
+            f"{data_dir / 'gateway.log'}, {data_dir / 'toy-upstream.log'}"
+        )
         return 0
     except (RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
         _say(f"demo failed: {exc}; see the logs in {data_dir}")

@@ -198,7 +198,9 @@ class Policy(_Model):
 
     @field_validator("clients")
     @classmethod
-    def _client_ids_are_hashes(cls, clients: dict[str, ClientOverride]) -> dict[str, ClientOverride]:
+    def _client_ids_are_hashes(
+        cls, clients: dict[str, ClientOverride]
+    ) -> dict[str, ClientOverride]:
         for client_id in clients:
             if len(client_id) != 64 or any(c not in "0123456789abcdef" for c in client_id):
                 raise ValueError(

@@ -45,10 +45,13 @@ def _node_line(node: yaml.Node, loc: Sequence[str | int]) -> int:
                     child = value_node
                     line = key_node.start_mark.line + 1
                     break
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if 0 <= part < len(node.value):
-                child = node.value[part]
-                line = child.start_mark.line + 1
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            child = node.value[part]
+            line = child.start_mark.line + 1
         if child is None:
             break
         node = child
@@ -110,7 +113,9 @@ def parse_policy(text: str, name: str = "<policy>") -> Policy:
                     message = "unknown setting"
             where = _format_loc(loc)
             issues.append(
-                PolicyIssue(name, _node_line(root, loc), f"{where}: {message}" if where else message)
+                PolicyIssue(
+                    name, _node_line(root, loc), f"{where}: {message}" if where else message
+                )
             )
         raise PolicyError(issues) from None
 

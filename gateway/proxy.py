@@ -69,10 +69,14 @@ class Proxy:
         policy = self._policy()
         route = policy.route_for(request.url.path)
         if route is None:
-            return error_response(404, f"No route for {request.url.path[:200]!r}.", code="not_found")
+            return error_response(
+                404, f"No route for {request.url.path[:200]!r}.", code="not_found"
+            )
         if request.method != route.method:
             return error_response(
-                405, f"{route.path} accepts {route.method} only.", code="method_not_allowed",
+                405,
+                f"{route.path} accepts {route.method} only.",
+                code="method_not_allowed",
                 headers={"allow": route.method},
             )
         ex = Exchange(
@@ -80,7 +84,10 @@ class Proxy:
             route=route,
             policy=policy,
             method=request.method,
-            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.scope["headers"]},
+            headers={
+                k.decode("latin-1").lower(): v.decode("latin-1")
+                for k, v in request.scope["headers"]
+            },
             raw_body=b"",
         )
         try:
@@ -89,8 +96,11 @@ class Proxy:
             ex.reasons.append("body_too_large")
             return self._answer(
                 ex,
-                error_response(413, f"Request body is larger than {policy.requests.max_body_bytes} bytes.",
-                               code="request_too_large"),
+                error_response(
+                    413,
+                    f"Request body is larger than {policy.requests.max_body_bytes} bytes.",
+                    code="request_too_large",
+                ),
             )
         except ClientDisconnect:
             ex.reasons.append("client_disconnected")
@@ -109,7 +119,9 @@ class Proxy:
         return response
 
     def _finish(self, ex: Exchange) -> None:
-        self._metrics.requests.labels(route=ex.route.path, decision=ex.decision, level=ex.level).inc()
+        self._metrics.requests.labels(
+            route=ex.route.path, decision=ex.decision, level=ex.level
+        ).inc()
         self._decisions.record(decision_event(ex), settlement_for(ex))
 
     async def _forward(self, ex: Exchange) -> Response:
@@ -125,11 +137,18 @@ class Proxy:
             ex.reasons.append(exc.code)
             ex.status = exc.status
             self._finish(ex)
-            return error_response(exc.status, exc.message, type_="upstream_error", code=exc.code,
-                                  headers=ex.response_headers)
+            return error_response(
+                exc.status,
+                exc.message,
+                type_="upstream_error",
+                code=exc.code,
+                headers=ex.response_headers,
+            )
         ex.upstream_latency_ms = round((time.perf_counter() - sent) * 1000, 3)
         ex.upstream_status = upstream.status
-        self._metrics.upstream_latency.labels(route=ex.route.path).observe(ex.upstream_latency_ms / 1000)
+        self._metrics.upstream_latency.labels(route=ex.route.path).observe(
+            ex.upstream_latency_ms / 1000
+        )
         headers = {**response_headers(upstream.headers), **ex.response_headers}
         if upstream.content_type == "text/event-stream":
             return _StreamResponse(self, ex, upstream, headers)
@@ -141,8 +160,12 @@ class Proxy:
             ex.reasons.append("upstream_broken_response")
             ex.status = 502
             self._finish(ex)
-            return error_response(502, "The model server's response broke off.", type_="upstream_error",
-                                  code="upstream_unavailable")
+            return error_response(
+                502,
+                "The model server's response broke off.",
+                type_="upstream_error",
+                code="upstream_unavailable",
+            )
         upstream.release()
         if upstream.content_type == "application/json" and content[:1] == b"{":
             try:
@@ -159,8 +182,9 @@ class Proxy:
 class _StreamResponse(Response):
     """Passes an upstream SSE stream through event by event, logging when it ends."""
 
-    def __init__(self, proxy: Proxy, ex: Exchange, upstream: aiohttp.ClientResponse,
-                 headers: dict[str, str]) -> None:
+    def __init__(
+        self, proxy: Proxy, ex: Exchange, upstream: aiohttp.ClientResponse, headers: dict[str, str]
+    ) -> None:
         self._proxy = proxy
         self._ex = ex
         self._upstream = upstream
@@ -192,7 +216,9 @@ class _StreamResponse(Response):
 
     async def _relay(self, send: Send) -> None:
         ex, pipeline = self._ex, self._proxy._pipeline
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
         last: SseEvent | None = None
         try:
             async for event in iter_events(self._upstream.content.iter_any(), _MAX_SSE_EVENT_BYTES):
@@ -201,7 +227,9 @@ class _StreamResponse(Response):
                     changed = pipeline.run_event(ex, event.data)
                     if ex.stream_cut:
                         payload = _final_chunk(last)
-                        await send({"type": "http.response.body", "body": payload, "more_body": True})
+                        await send(
+                            {"type": "http.response.body", "body": payload, "more_body": True}
+                        )
                         break
                     if changed:
                         payload = event.encode()
@@ -209,8 +237,16 @@ class _StreamResponse(Response):
                 await send({"type": "http.response.body", "body": payload, "more_body": True})
         except (aiohttp.ClientError, TimeoutError):
             ex.reasons.append("upstream_stream_broken")
-            broken = error_body("The model server's stream broke off.", "upstream_error", "upstream_unavailable")
-            await send({"type": "http.response.body", "body": b"data: " + broken + b"\n\n", "more_body": True})
+            broken = error_body(
+                "The model server's stream broke off.", "upstream_error", "upstream_unavailable"
+            )
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + broken + b"\n\n",
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
@@ -223,7 +259,9 @@ def _final_chunk(last: SseEvent | None) -> bytes:
         if isinstance(choices, list):
             chunk["choices"] = [
                 {"index": c.get("index", 0), "delta": {}, "finish_reason": "length"}
-                if "delta" in c else {"index": c.get("index", 0), "text": "", "finish_reason": "length"}
-                for c in choices if isinstance(c, dict)
+                if "delta" in c
+                else {"index": c.get("index", 0), "text": "", "finish_reason": "length"}
+                for c in choices
+                if isinstance(c, dict)
             ]
     return b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"

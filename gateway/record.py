@@ -10,7 +10,15 @@ from gateway.identity import ANONYMOUS
 from gateway.store.decision_log import Settlement
 from gateway.store.events import DecisionEvent
 
-_SCALAR_PARAMS = ("model", "max_tokens", "max_completion_tokens", "n", "temperature", "top_p", "top_logprobs")
+_SCALAR_PARAMS = (
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "temperature",
+    "top_p",
+    "top_logprobs",
+)
 
 
 def request_params(body: dict[str, Any] | None) -> dict[str, Any]:
@@ -78,7 +86,9 @@ def decision_event(ex: Exchange) -> DecisionEvent:
         upstream_status=ex.upstream_status,
         latency_ms=round((time.perf_counter() - ex.started) * 1000, 3),
         upstream_latency_ms=ex.upstream_latency_ms,
-        prompt_tokens=ex.prompt_tokens if ex.prompt_tokens is not None else (ex.prompt_tokens_est or None),
+        prompt_tokens=ex.prompt_tokens
+        if ex.prompt_tokens is not None
+        else (ex.prompt_tokens_est or None),
         completion_tokens=ex.completion_tokens,
         reserved_tokens=ex.reserved_tokens,
         stream=ex.stream,

@@ -18,7 +18,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ANTIDISTILL_", frozen=True, extra="forbid")
 
     upstream: AnyHttpUrl = Field(description="Base URL of the model server.")
-    policy: Path | None = Field(default=None, description="Policy YAML file; built-in default if unset.")
+    policy: Path | None = Field(
+        default=None, description="Policy YAML file; built-in default if unset."
+    )
     redis: str | None = Field(
         default=None,
         description="Redis URL (redis://, rediss://, unix://); an embedded server if unset.",
@@ -30,7 +32,8 @@ class Settings(BaseSettings):
         default=Path("var"), description="Embedded Redis data, the event spool and the key secret."
     )
     key_secret: SecretStr | None = Field(
-        default=None, description="HMAC secret for client ids; generated and kept in data_dir if unset."
+        default=None,
+        description="HMAC secret for client ids; generated and kept in data_dir if unset.",
     )
     upstream_api_key: SecretStr | None = Field(
         default=None, description="Sent to the upstream as its Bearer key; clients' keys never are."
@@ -38,7 +41,9 @@ class Settings(BaseSettings):
     log_level: str = "info"
     redis_timeout_s: float = Field(default=1.0, gt=0)
     policy_poll_s: float = Field(
-        default=2.0, ge=0, description="How often the policy file is checked for changes; 0 = never."
+        default=2.0,
+        ge=0,
+        description="How often the policy file is checked for changes; 0 = never.",
     )
 
     @property
@@ -50,7 +55,7 @@ class Settings(BaseSettings):
         return self.data_dir / "spool" / "decisions.jsonl"
 
 
-def resolve_key_secret(settings: Settings) -> bytes:
+def resolve_key_secret(configured: SecretStr | None, data_dir: Path) -> bytes:
     """The HMAC secret: the configured one, else one generated once and kept in ``data_dir``.
 
     An empty configured secret counts as unset: an empty HMAC key would make ids guessable.
@@ -58,9 +63,9 @@ def resolve_key_secret(settings: Settings) -> bytes:
     The file is created with mode 0600 and never overwritten, so client ids stay stable
     across restarts and across the worker processes of one gateway.
     """
-    if settings.key_secret is not None and settings.key_secret.get_secret_value():
-        return settings.key_secret.get_secret_value().encode()
-    path = settings.data_dir / "key_secret"
+    if configured is not None and configured.get_secret_value():
+        return configured.get_secret_value().encode()
+    path = data_dir / "key_secret"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         tmp = path.with_name(f".key_secret.{os.getpid()}")

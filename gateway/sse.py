@@ -40,7 +40,9 @@ def parse_event(raw: bytes) -> SseEvent:
     return SseEvent(raw, data if isinstance(data, dict) else None)
 
 
-async def iter_events(chunks: AsyncIterable[bytes], max_event_bytes: int) -> AsyncIterator[SseEvent]:
+async def iter_events(
+    chunks: AsyncIterable[bytes], max_event_bytes: int
+) -> AsyncIterator[SseEvent]:
     """Events from a byte stream, split at blank lines (``\\n\\n`` or ``\\r\\n\\r\\n``).
 
     A run of bytes longer than ``max_event_bytes`` without a blank line is passed on as it

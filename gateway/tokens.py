@@ -61,7 +61,11 @@ def output_reservation(kind: RouteKind, body: dict[str, Any] | None, cfg: Tokens
     )
     choices = _positive_int(body.get("n")) or 1
     prompts = body.get("prompt")
-    if kind is RouteKind.OPENAI_COMPLETIONS and isinstance(prompts, list) and prompts:
-        if all(isinstance(p, str) or isinstance(p, list) for p in prompts):
-            choices *= len(prompts)
+    if (
+        kind is RouteKind.OPENAI_COMPLETIONS
+        and isinstance(prompts, list)
+        and prompts
+        and all(isinstance(p, str | list) for p in prompts)
+    ):
+        choices *= len(prompts)  # a batch of prompts, not one prompt of token ids
     return max_tokens * choices

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 import aiohttp
@@ -24,7 +23,13 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "authorization", "x-api-key", "accept-encoding"}
+_NOT_FORWARDED = HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "authorization",
+    "x-api-key",
+    "accept-encoding",
+}
 _NOT_RETURNED = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
 
 
@@ -97,11 +102,15 @@ class UpstreamClient:
                 data=body,
                 allow_redirects=False,
             )
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError):
-            raise UpstreamError(504, "upstream_timeout", "The model server did not answer in time.") from None
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise UpstreamError(
+                504, "upstream_timeout", "The model server did not answer in time."
+            ) from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(
-                502, "upstream_unavailable", f"The model server could not be reached ({type(exc).__name__})."
+                502,
+                "upstream_unavailable",
+                f"The model server could not be reached ({type(exc).__name__}).",
             ) from None
 
     async def reachable(self, timeout_s: float = 2.0) -> bool:
@@ -113,5 +122,5 @@ class UpstreamClient:
             ) as resp:
                 await resp.read()
                 return True
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False

@@ -39,8 +39,15 @@ def wait_http(url: str, timeout_s: float = 20.0) -> None:
 def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
     """Serve an ASGI app on 127.0.0.1 in a background thread; yields its base URL."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                            loop="asyncio", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        loop="asyncio",
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -57,7 +64,9 @@ def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def run_cli(args: list[str], ready_url: str, cwd: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def run_cli(
+    args: list[str], ready_url: str, cwd: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``antidistill ARGS`` as a process until the block ends; waits for ``ready_url``."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", *args],
@@ -72,7 +81,9 @@ def run_cli(args: list[str], ready_url: str, cwd: Path, env: dict[str, str] | No
         except httpx.TransportError:
             proc.kill()
             _, err = proc.communicate(timeout=10)
-            raise RuntimeError(f"antidistill {' '.join(args)} did not start:\n{err.decode()[-3000:]}") from None
+            raise RuntimeError(
+                f"antidistill {' '.join(args)} did not start:\n{err.decode()[-3000:]}"
+            ) from None
         yield proc
     finally:
         if proc.poll() is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 
 from redis.exceptions import RedisError
 from starlette.responses import Response
@@ -42,7 +41,11 @@ def build_charges(ex: Exchange, keys: KeySpace) -> tuple[Charge, ...]:
     charges: list[Charge] = []
     scopes: list[tuple[Limits, str, str]] = [
         (ex.client.limits, "", keys.limit(ex.client.id, "")),
-        (ex.policy.tiers[ex.client.tier].shared_limits, "tier_", keys.scoped_limit("tier", ex.client.tier, "")),
+        (
+            ex.policy.tiers[ex.client.tier].shared_limits,
+            "tier_",
+            keys.scoped_limit("tier", ex.client.tier, ""),
+        ),
         (ex.policy.global_limits, "global_", keys.scoped_limit("global", "all", "")),
     ]
     for limits, prefix, key_base in scopes:
@@ -71,7 +74,7 @@ def ratelimit_headers(states: tuple[LimitState, ...]) -> dict[str, str]:
     for state in states:
         if state.name in ("requests", "tokens"):
             headers[f"x-ratelimit-limit-{state.name}"] = str(int(state.limit))
-            headers[f"x-ratelimit-remaining-{state.name}"] = str(int(math.floor(state.remaining)))
+            headers[f"x-ratelimit-remaining-{state.name}"] = str(math.floor(state.remaining))
             headers[f"x-ratelimit-reset-{state.name}"] = _duration(state.reset_s)
     return headers
 
@@ -142,7 +145,9 @@ class Admit:
         self._metrics.limiter_results.labels(result=admission.reason).inc()
         ex.response_headers.update(ratelimit_headers(admission.states))
         if admission.allowed:
-            ex.settle_tokens = any(c.rate.name.endswith(("tokens", "tokens_per_day")) for c in ex.charges)
+            ex.settle_tokens = any(
+                c.rate.name.endswith(("tokens", "tokens_per_day")) for c in ex.charges
+            )
             return None
         ex.charges, ex.lease_id = (), ""  # nothing was reserved
         ex.reasons.append(admission.reason)

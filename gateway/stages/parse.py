@@ -27,7 +27,9 @@ class ParseBody:
             parsed = orjson.loads(ex.raw_body)
         except orjson.JSONDecodeError as exc:
             ex.reasons.append("malformed_json")
-            return error_response(400, f"Request body is not valid JSON: {exc}", code="invalid_json")
+            return error_response(
+                400, f"Request body is not valid JSON: {exc}", code="invalid_json"
+            )
         if not isinstance(parsed, dict):
             ex.reasons.append("malformed_json")
             return error_response(400, "Request body must be a JSON object.", code="invalid_json")

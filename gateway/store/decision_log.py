@@ -12,10 +12,12 @@ leases expire by their TTL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -88,10 +90,8 @@ class DecisionLog:
         if self._task is not None:
             await self._queue.join()
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         self._spool.close()
 
@@ -151,7 +151,7 @@ class DecisionLog:
             log.error("decision log: %d commands failed, first: %s", len(errors), errors[0])
 
     def _queue_event(self, pipe: aioredis.client.Pipeline, event: DecisionEvent) -> None:
-        fields: dict[str | bytes, str | bytes | int | float] = dict(event.to_fields())
+        fields: dict[Any, Any] = dict(event.to_fields())
         pipe.xadd(self._keys.decisions, fields, maxlen=self.max_events, approximate=True)
         summary = self._keys.summary(event.client)
         pipe.hincrby(summary, "requests", 1)

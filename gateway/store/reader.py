@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -11,11 +12,17 @@ from gateway.store.events import DecisionEvent
 
 
 def _decode(fields: dict[bytes, bytes]) -> DecisionEvent:
-    return DecisionEvent.from_fields({k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()})
+    return DecisionEvent.from_fields(
+        {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+    )
 
 
 async def read_latest(
-    redis: aioredis.Redis, keys: KeySpace, count: int, client: str | None = None, scan_limit: int = 100_000
+    redis: aioredis.Redis,
+    keys: KeySpace,
+    count: int,
+    client: str | None = None,
+    scan_limit: int = 100_000,
 ) -> tuple[bytes, list[DecisionEvent]]:
     """The latest ``count`` events (of one client, if given), oldest first, and the newest id."""
     found: list[DecisionEvent] = []
@@ -23,12 +30,12 @@ async def read_latest(
     end = b"+"
     scanned = 0
     while len(found) < count and scanned < scan_limit:
-        rows = await redis.xrevrange(keys.decisions, max=end, min=b"-", count=500)
+        rows: Any = await redis.xrevrange(keys.decisions, max=end, min=b"-", count=500)
         if not rows:
             break
         if newest == b"0-0":
             newest = rows[0][0]
-        for entry_id, fields in rows:
+        for _entry_id, fields in rows:
             scanned += 1
             event = _decode(fields)
             if client is None or event.client == client:
@@ -40,10 +47,14 @@ async def read_latest(
 
 
 async def read_after(
-    redis: aioredis.Redis, keys: KeySpace, last_id: bytes, client: str | None = None, block_ms: int = 1000
+    redis: aioredis.Redis,
+    keys: KeySpace,
+    last_id: bytes,
+    client: str | None = None,
+    block_ms: int = 1000,
 ) -> tuple[bytes, list[DecisionEvent]]:
     """Events after ``last_id``, waiting up to ``block_ms`` for some to arrive."""
-    reply = await redis.xread({keys.decisions: last_id}, count=500, block=block_ms)
+    reply: Any = await redis.xread({keys.decisions: last_id}, count=500, block=block_ms)
     events: list[DecisionEvent] = []
     for _stream, rows in reply or []:
         for entry_id, fields in rows:
@@ -59,7 +70,8 @@ def format_event(event: DecisionEvent, as_json: bool) -> str:
         return event.to_json().decode()
     when = time.strftime("%H:%M:%S", time.localtime(event.ts / 1000)) + f".{event.ts % 1000:03d}"
     tokens = (event.prompt_tokens or 0) + event.completion_tokens
+    reasons = ",".join(event.reasons) or "-"
     return (
-        f"{when}  {event.client[:12]:<12}  {event.route:<22} {event.decision:<8} {event.status:>3}  "
-        f"{event.level:<8} tokens={tokens:<6} {','.join(event.reasons) or '-'}"
+        f"{when}  {event.client[:12]:<12}  {event.route:<22} {event.decision:<8} "
+        f"{event.status:>3}  {event.level:<8} tokens={tokens:<6} {reasons}"
     )

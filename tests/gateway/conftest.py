@@ -45,21 +45,31 @@ def gateway(redis_url: str, keyspace: KeySpace, tmp_path: Path) -> GatewayFactor
     """
 
     @contextmanager
-    def start(upstream: str, policy: dict[str, Any] | None = None, **settings: Any) -> Iterator[str]:
+    def start(
+        upstream: str, policy: dict[str, Any] | None = None, **settings: Any
+    ) -> Iterator[str]:
         doc = dict(policy or {})
         doc.setdefault("store", {})
         doc["store"] = {**doc["store"], "key_prefix": keyspace.prefix}
         path = tmp_path / f"policy-{time.monotonic_ns()}.yaml"
         path.write_text(yaml.safe_dump(doc))
-        config = Settings(upstream=upstream, policy=path, redis=settings.pop("redis", redis_url),
-                          data_dir=tmp_path / "data", key_secret="test-secret", **settings)
+        config = Settings(
+            upstream=upstream,
+            policy=path,
+            redis=settings.pop("redis", redis_url),
+            data_dir=tmp_path / "data",
+            key_secret="test-secret",
+            **settings,
+        )
         with serve_app(create_app(config)) as url:
             yield url
 
     return start
 
 
-def wait_for_events(client: redis.Redis, keys: KeySpace, count: int, timeout_s: float = 10.0) -> list[dict[str, str]]:
+def wait_for_events(
+    client: redis.Redis, keys: KeySpace, count: int, timeout_s: float = 10.0
+) -> list[dict[str, str]]:
     """Decision events once at least ``count`` are in the stream."""
     deadline = time.monotonic() + timeout_s
     while True:

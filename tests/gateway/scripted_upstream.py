@@ -22,8 +22,18 @@ def _chat(content: str, completion_tokens: int) -> dict[str, object]:
         "object": "chat.completion",
         "created": 0,
         "model": "scripted",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 7, "completion_tokens": completion_tokens, "total_tokens": 7 + completion_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 7,
+            "completion_tokens": completion_tokens,
+            "total_tokens": 7 + completion_tokens,
+        },
     }
 
 
@@ -40,7 +50,10 @@ def create_scripted_upstream() -> Starlette:
             await asyncio.sleep(float(model.split(":")[1]))
         if model.startswith("status:"):
             code = int(model.split(":")[1])
-            return JSONResponse({"error": {"message": "scripted", "type": "x", "code": "scripted"}}, status_code=code)
+            return JSONResponse(
+                {"error": {"message": "scripted", "type": "x", "code": "scripted"}},
+                status_code=code,
+            )
         if model == "echo-headers":
             return JSONResponse(_chat(orjson.dumps(dict(request.headers)).decode(), 1))
         if model.startswith("stream:"):
@@ -48,8 +61,14 @@ def create_scripted_upstream() -> Starlette:
 
             async def events() -> AsyncIterator[bytes]:
                 for i in range(n):
-                    chunk = {"id": "c", "object": "chat.completion.chunk", "model": model,
-                             "choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}]}
+                    chunk = {
+                        "id": "c",
+                        "object": "chat.completion.chunk",
+                        "model": model,
+                        "choices": [
+                            {"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}
+                        ],
+                    }
                     yield b"data: " + orjson.dumps(chunk) + b"\n\n"
                     await asyncio.sleep(0)
                 yield b"data: [DONE]\n\n"
@@ -60,12 +79,14 @@ def create_scripted_upstream() -> Starlette:
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
 
-    app = Starlette(routes=[
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/completions", chat, methods=["POST"]),
-        Route("/v1/embeddings", chat, methods=["POST"]),
-        Route("/v1/models", models),
-        Route("/", models),
-    ])
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+            Route("/v1/completions", chat, methods=["POST"]),
+            Route("/v1/embeddings", chat, methods=["POST"]),
+            Route("/v1/models", models),
+            Route("/", models),
+        ]
+    )
     app.state.seen = []
     return app

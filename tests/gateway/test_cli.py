@@ -32,7 +32,9 @@ def test_keys_hash_uses_the_server_secret(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_generated_secret_is_stable(tmp_path: Path) -> None:
-    first = runner.invoke(app, ["keys", "hash", "k", "--data-dir", str(tmp_path)], env={"ANTIDISTILL_KEY_SECRET": ""})
+    first = runner.invoke(
+        app, ["keys", "hash", "k", "--data-dir", str(tmp_path)], env={"ANTIDISTILL_KEY_SECRET": ""}
+    )
     second = runner.invoke(app, ["keys", "hash", "k", "--data-dir", str(tmp_path)])
     assert first.exit_code == 0 and first.output == second.output
     assert (tmp_path / "key_secret").stat().st_mode & 0o777 == 0o600
@@ -43,10 +45,17 @@ def test_policy_check_exit_codes(tmp_path: Path) -> None:
     good.write_text("shadow: true\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text("shadow: true\ntiers:\n  default:\n    limits: {requests_per_minute: zero}\n")
-    ok = subprocess.run([sys.executable, "-m", "gateway", "policy", "check", str(good)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "gateway", "policy", "check", str(good)],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0
-    failed = subprocess.run([sys.executable, "-m", "gateway", "policy", "check", str(good), str(bad)],
-                            capture_output=True, text=True)
+    failed = subprocess.run(
+        [sys.executable, "-m", "gateway", "policy", "check", str(good), str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert failed.returncode == 1
     assert f"{bad}:4: tiers.default.limits.requests_per_minute" in failed.stderr
 
@@ -56,7 +65,10 @@ def test_set_level_and_show(redis_url: str, tmp_path: Path) -> None:
     policy.write_text("store: {key_prefix: adtest-cli}\n")
     cid = "a" * 64
     args = ["--redis", redis_url, "--policy", str(policy)]
-    result = runner.invoke(app, ["client", "set-level", cid, "throttle", "--reason", "Scraping <b>", "--ttl", "10m", *args])
+    result = runner.invoke(
+        app,
+        ["client", "set-level", cid, "throttle", "--reason", "Scraping <b>", "--ttl", "10m", *args],
+    )
     assert result.exit_code == 0, result.output
     assert "throttle (operator:scraping_b_)" in result.output
     shown = runner.invoke(app, ["client", "show", cid, *args])

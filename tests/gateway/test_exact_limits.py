@@ -21,23 +21,43 @@ def test_two_gateway_processes_admit_exactly_the_limit(
 ) -> None:
     upstream, _ = scripted_upstream
     policy = tmp_path / "policy.yaml"
-    policy.write_text(yaml.safe_dump({
-        "store": {"key_prefix": keyspace.prefix},
-        "tiers": {"default": {"limits": {"requests_per_minute": 5, "tokens_per_minute": None,
-                                         "tokens_per_day": None, "max_concurrent": None}}},
-    }))
+    policy.write_text(
+        yaml.safe_dump(
+            {
+                "store": {"key_prefix": keyspace.prefix},
+                "tiers": {
+                    "default": {
+                        "limits": {
+                            "requests_per_minute": 5,
+                            "tokens_per_minute": None,
+                            "tokens_per_day": None,
+                            "max_concurrent": None,
+                        }
+                    }
+                },
+            }
+        )
+    )
     env = {"ANTIDISTILL_KEY_SECRET": "s", "ANTIDISTILL_LOG_LEVEL": "warning"}
     ports = [free_port(), free_port()]
-    args = lambda port, d: ["serve", "--upstream", upstream, "--policy", str(policy), "--redis", redis_url,  # noqa: E731
-                            "--port", str(port), "--data-dir", str(tmp_path / d)]
+
+    def args(port: int, data: str) -> list[str]:
+        return ["serve", "--upstream", upstream, "--policy", str(policy), "--redis", redis_url,
+                "--port", str(port), "--data-dir", str(tmp_path / data)]  # fmt: skip
+
     with (
         run_cli(args(ports[0], "a"), f"http://127.0.0.1:{ports[0]}/healthz", Path.cwd(), env),
         run_cli(args(ports[1], "b"), f"http://127.0.0.1:{ports[1]}/healthz", Path.cwd(), env),
     ):
+
         def send(i: int) -> httpx.Response:
             port = ports[i % 2]
-            return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=CHAT,
-                              headers={"authorization": "Bearer shared-key"}, timeout=30)
+            return httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json=CHAT,
+                headers={"authorization": "Bearer shared-key"},
+                timeout=30,
+            )
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
             responses = list(pool.map(send, range(60)))

@@ -36,8 +36,10 @@ def test_unknown_and_missing_keys_follow_policy() -> None:
 def test_override_tier_limits_and_allowlist() -> None:
     cid = client_id_for("partner-key", SECRET)
     policy = parse_policy(
-        "tiers:\n  default: {}\n  partner:\n    limits: {requests_per_minute: 600, tokens_per_minute: 9}\n"
-        f"clients:\n  '{cid}':\n    tier: partner\n    allowlist: true\n    limits: {{tokens_per_minute: 50}}\n"
+        "tiers:\n  default: {}\n  partner:\n"
+        "    limits: {requests_per_minute: 600, tokens_per_minute: 9}\n"
+        f"clients:\n  '{cid}':\n    tier: partner\n    allowlist: true\n"
+        "    limits: {tokens_per_minute: 50}\n"
     )
     client = identify({"authorization": "Bearer partner-key"}, policy, SECRET)
     assert isinstance(client, Client)
@@ -47,11 +49,26 @@ def test_override_tier_limits_and_allowlist() -> None:
 
 
 def test_metadata_only_from_trusted_headers() -> None:
-    headers = {"authorization": "Bearer k", "x-real-ip": "10.0.0.9", "x-ja4": "t13d", "x-org": "acme"}
+    headers = {
+        "authorization": "Bearer k",
+        "x-real-ip": "10.0.0.9",
+        "x-ja4": "t13d",
+        "x-org": "acme",
+    }
     untrusted = identify(headers, Policy(), SECRET)
-    assert isinstance(untrusted, Client) and untrusted.client_ip is None and untrusted.tls_fingerprint is None
+    assert (
+        isinstance(untrusted, Client)
+        and untrusted.client_ip is None
+        and untrusted.tls_fingerprint is None
+    )
     trusted = identify(
-        headers, parse_policy("identity: {trusted_headers: {client_ip: X-Real-IP, tls_fingerprint: x-ja4}}"), SECRET
+        headers,
+        parse_policy("identity: {trusted_headers: {client_ip: X-Real-IP, tls_fingerprint: x-ja4}}"),
+        SECRET,
     )
     assert isinstance(trusted, Client)
-    assert trusted.client_ip == "10.0.0.9" and trusted.tls_fingerprint == "t13d" and trusted.org_id is None
+    assert (
+        trusted.client_ip == "10.0.0.9"
+        and trusted.tls_fingerprint == "t13d"
+        and trusted.org_id is None
+    )

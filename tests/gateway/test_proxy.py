@@ -14,9 +14,10 @@ AUTH = {"authorization": "Bearer test-key-1"}
 CHAT = {"model": "plain", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
 
 
-def test_passes_through_and_logs_one_event(gateway: GatewayFactory, scripted_upstream, redis_sync: redis.Redis,
-                                            keyspace: KeySpace) -> None:
-    url, upstream_app = scripted_upstream
+def test_passes_through_and_logs_one_event(
+    gateway: GatewayFactory, scripted_upstream, redis_sync: redis.Redis, keyspace: KeySpace
+) -> None:
+    url, _ = scripted_upstream
     with gateway(url) as gw:
         r = httpx.post(f"{gw}/v1/chat/completions", json=CHAT, headers=AUTH)
         direct = httpx.post(f"{url}/v1/chat/completions", json=CHAT)
@@ -34,11 +35,15 @@ def test_passes_through_and_logs_one_event(gateway: GatewayFactory, scripted_ups
     assert "test-key-1" not in str(events)
 
 
-def test_bad_input_never_500(gateway: GatewayFactory, scripted_upstream, redis_sync: redis.Redis,
-                             keyspace: KeySpace) -> None:
+def test_bad_input_never_500(
+    gateway: GatewayFactory, scripted_upstream, redis_sync: redis.Redis, keyspace: KeySpace
+) -> None:
     url, _ = scripted_upstream
     with gateway(url, {"requests": {"max_body_bytes": 1000}}) as gw:
-        post = lambda body, **kw: httpx.post(f"{gw}/v1/chat/completions", content=body, headers=AUTH, **kw)  # noqa: E731
+
+        def post(body: bytes) -> httpx.Response:
+            return httpx.post(f"{gw}/v1/chat/completions", content=body, headers=AUTH)
+
         assert post(b"{not json").status_code == 400
         assert post(b"[1, 2]").status_code == 400
         assert post(b"\xff\xfe\x00").status_code == 400
@@ -74,17 +79,30 @@ def test_upstream_errors_pass_through(gateway: GatewayFactory, scripted_upstream
     url, _ = scripted_upstream
     with gateway(url) as gw:
         for code in (400, 422, 500, 503):
-            r = httpx.post(f"{gw}/v1/chat/completions", json={**CHAT, "model": f"status:{code}"}, headers=AUTH)
+            r = httpx.post(
+                f"{gw}/v1/chat/completions", json={**CHAT, "model": f"status:{code}"}, headers=AUTH
+            )
             assert r.status_code == code
             assert r.json()["error"]["code"] == "scripted"
 
 
-def test_hop_by_hop_and_credentials_not_forwarded(gateway: GatewayFactory, scripted_upstream) -> None:
+def test_hop_by_hop_and_credentials_not_forwarded(
+    gateway: GatewayFactory, scripted_upstream
+) -> None:
     url, app = scripted_upstream
     with gateway(url) as gw:
-        headers = {**AUTH, "x-api-key": "other", "connection": "keep-alive, x-private",
-                   "x-private": "secret", "proxy-authorization": "p", "te": "trailers", "x-keep": "1"}
-        r = httpx.post(f"{gw}/v1/chat/completions", json={**CHAT, "model": "echo-headers"}, headers=headers)
+        headers = {
+            **AUTH,
+            "x-api-key": "other",
+            "connection": "keep-alive, x-private",
+            "x-private": "secret",
+            "proxy-authorization": "p",
+            "te": "trailers",
+            "x-keep": "1",
+        }
+        r = httpx.post(
+            f"{gw}/v1/chat/completions", json={**CHAT, "model": "echo-headers"}, headers=headers
+        )
     assert r.status_code == 200
     seen = app.state.seen[-1]["headers"]
     for name in ("authorization", "x-api-key", "x-private", "proxy-authorization", "te"):

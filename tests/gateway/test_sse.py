@@ -15,7 +15,7 @@ async def _collect(*parts: bytes, cap: int = 1 << 20) -> list[bytes]:
 
 
 async def test_events_split_across_chunks() -> None:
-    raw = await _collect(b'data: {"a"', b': 1}\n', b"\ndata: [DONE]\n\n")
+    raw = await _collect(b'data: {"a"', b": 1}\n", b"\ndata: [DONE]\n\n")
     assert raw == [b'data: {"a": 1}\n\n', b"data: [DONE]\n\n"]
 
 

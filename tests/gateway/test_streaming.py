@@ -18,7 +18,12 @@ def _data_lines(text: str) -> list[str]:
 
 def test_stream_passes_through_unchanged(gateway: GatewayFactory, scripted_upstream) -> None:
     url, _ = scripted_upstream
-    body = {"model": "stream:8", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 20}
+    body = {
+        "model": "stream:8",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "max_tokens": 20,
+    }
     with gateway(url) as gw:
         direct = httpx.post(f"{url}/v1/chat/completions", json=body).text
         with httpx.stream("POST", f"{gw}/v1/chat/completions", json=body, headers=AUTH) as r:
@@ -29,11 +34,17 @@ def test_stream_passes_through_unchanged(gateway: GatewayFactory, scripted_upstr
     assert len(chunks) > 1  # not buffered into one body
 
 
-def test_stream_cut_when_reservation_runs_out(gateway: GatewayFactory, scripted_upstream,
-                                              redis_sync: redis.Redis, keyspace: KeySpace) -> None:
+def test_stream_cut_when_reservation_runs_out(
+    gateway: GatewayFactory, scripted_upstream, redis_sync: redis.Redis, keyspace: KeySpace
+) -> None:
     url, _ = scripted_upstream
     # The scripted upstream ignores max_tokens and sends 50 tokens; 5 were reserved.
-    body = {"model": "stream:50", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 5}
+    body = {
+        "model": "stream:50",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "max_tokens": 5,
+    }
     with gateway(url) as gw:
         text = httpx.post(f"{gw}/v1/chat/completions", json=body, headers=AUTH).text
         events = wait_for_events(redis_sync, keyspace, 1)
