@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.controls import ControlSet
 from gateway.identity import Client
 from gateway.policy import Policy, Route
 from gateway.ratelimit.limiter import Admission, Charge
@@ -15,7 +16,10 @@ from gateway.ratelimit.limiter import Admission, Charge
 class Exchange:
     """One request on its way through the gateway.
 
-    Request stages read and change it in order; any of them may answer early. The body
+    Request stages read and change it in order; any of them may answer early. ``controls``
+    (set by the admit stage once the client's level is known) are the anti-distillation
+    controls in force; ``state`` is scratch space that a stage keeps across the events of
+    one stream, keyed by the stage's name. The body
     that is forwarded is ``body`` when ``body_modified`` is set, else ``raw_body`` as
     received. Everything here except ``raw_body`` and ``body`` ends up in the decision
     event, so stages record what they did in ``reasons`` and ``modifications``.
@@ -34,6 +38,8 @@ class Exchange:
     client: Client | None = None
     admission: Admission | None = None
     level: str = "allow"
+    controls: ControlSet | None = None
+    state: dict[str, Any] = field(default_factory=dict)
     charges: tuple[Charge, ...] = ()
     lease_id: str = ""
     inflight_key: str | None = None

@@ -10,7 +10,9 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from gateway.controls import LEVELS, ControlLadder, ControlSet, resolve
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -91,6 +93,10 @@ class Limits(_Model):
 
 
 class Tier(_Model):
+    controls: ControlLadder = Field(
+        default=ControlLadder(),
+        description="This tier's changes to the anti-distillation controls, by level.",
+    )
     limits: Limits = Limits(
         requests_per_minute=60,
         tokens_per_minute=40_000,
@@ -183,6 +189,10 @@ class Policy(_Model):
     global_limits: Limits = Limits()
     tokens: Tokens = Tokens()
     enforcement: Enforcement = Enforcement()
+    controls: ControlLadder = Field(
+        default=ControlLadder(),
+        description="Changes to the shipped anti-distillation controls, by level, for all tiers.",
+    )
     store: Store = Store()
     requests: Requests = Requests()
     upstream: Upstream = Upstream()
@@ -222,6 +232,20 @@ class Policy(_Model):
                     ("clients", client_id, "tier"), f"tier {client.tier!r} is not one of the tiers"
                 )
         return self
+
+    _controls: dict[tuple[str, str], ControlSet] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: object, /) -> None:
+        # Resolved once per policy (it is immutable), so requests only look them up.
+        for tier_name, tier in self.tiers.items():
+            for level in LEVELS:
+                self._controls[(tier_name, level)] = resolve(level, self.controls, tier.controls)
+
+    def controls_for(self, tier: str, level: str) -> ControlSet:
+        """The controls in force for a client of ``tier`` at enforcement ``level``
+        (``block`` and unknown levels: the strongest, ``throttle``)."""
+        found = self._controls.get((tier, level))
+        return found if found is not None else self._controls[(tier, "throttle")]
 
     def route_for(self, path: str) -> Route | None:
         for route in self.routes:

@@ -103,6 +103,7 @@ class Admit:
             ex.body["max_tokens"] = ex.policy.tokens.default_max_tokens
             ex.body_modified = True
             ex.modifications.append("max_tokens_defaulted")
+        ex.controls = ex.policy.controls_for(ex.client.tier, "allow")
         if ex.client.allowlisted:
             ex.reasons.append("allowlisted")
             return None
@@ -141,6 +142,8 @@ class Admit:
     def _decide(self, ex: Exchange, admission: Admission) -> Response | None:
         ex.admission = admission
         ex.level = admission.level.level
+        assert ex.client is not None
+        ex.controls = ex.policy.controls_for(ex.client.tier, ex.level)
         ex.reasons.extend(f"level:{r}" for r in admission.level.reasons)
         self._metrics.limiter_results.labels(result=admission.reason).inc()
         ex.response_headers.update(ratelimit_headers(admission.states))
