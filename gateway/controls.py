@@ -72,7 +72,7 @@ class ControlSet(BaseModel):
     )
     reasoning: Literal["keep", "truncate", "drop"] | None = Field(
         default=None,
-        description="Reasoning withholding: reasoning_content / reasoning fields and <think> blocks.",
+        description="Reasoning withholding: reasoning_content / reasoning and <think> blocks.",
     )
     reasoning_max_chars: NonNegInt | None = None
     watermark_text: bool | None = Field(
