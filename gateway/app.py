@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -22,9 +24,15 @@ from gateway.proxy import Proxy
 from gateway.ratelimit.limiter import Limiter
 from gateway.settings import Settings, resolve_key_secret
 from gateway.stages.admit import Admit
+from gateway.stages.dawn import DawnMark
 from gateway.stages.identify import Identify
+from gateway.stages.logprobs import LogprobGuard
 from gateway.stages.meter import Meter
 from gateway.stages.parse import ParseBody
+from gateway.stages.probabilities import ProbabilityGuard
+from gateway.stages.reasoning import ReasoningFilter
+from gateway.stages.shape import Shape
+from gateway.stages.watermark import TextWatermark
 from gateway.store.connect import EmbeddedRedis, connect
 from gateway.store.decision_log import DecisionLog
 from gateway.store.spool import Spool
@@ -58,9 +66,24 @@ def create_app(settings: Settings) -> Starlette:
         metrics,
         max_events=policy.store.retention.max_events,
     )
+    provenance_key = hmac.new(secret, b"antidistill-provenance", hashlib.sha256).digest()
     pipeline = Pipeline(
-        request_stages=[Identify(secret), ParseBody(), Admit(limiter, keys, metrics)],
-        response_stages=[Meter()],
+        request_stages=[
+            Identify(secret),
+            ParseBody(),
+            Admit(limiter, keys, metrics),
+            Shape(redis, keys),
+        ],
+        # Order matters: count what the upstream sent, withhold reasoning, then mark and
+        # perturb what is left.
+        response_stages=[
+            Meter(),
+            ReasoningFilter(),
+            TextWatermark(provenance_key),
+            LogprobGuard(provenance_key),
+            DawnMark(provenance_key),
+            ProbabilityGuard(provenance_key),
+        ],
     )
     proxy = Proxy(policies.get, pipeline, upstream, decisions, metrics)
 

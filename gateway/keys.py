@@ -38,6 +38,14 @@ class KeySpace:
         """Per-client summary hash of the decision log."""
         return f"{self.client_tag(client_id)}:summary"
 
+    def bias_tokens(self, client_id: str, window: int) -> str:
+        """Set of distinct token ids a client biased in one fixed time window."""
+        return f"{self.client_tag(client_id)}:bias:{window}"
+
+    def provenance(self, client_id: str) -> str:
+        """List of the provenance marks (DAWN answers) given to a client, oldest first."""
+        return f"{self.client_tag(client_id)}:provenance"
+
     @property
     def decisions(self) -> str:
         """The decision-log stream."""
