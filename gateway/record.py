@@ -62,7 +62,12 @@ def settlement_for(ex: Exchange) -> Settlement | None:
     )
     if not adjustments and not ex.lease_id:
         return None
-    return Settlement(adjustments=adjustments, inflight_key=ex.inflight_key, lease_id=ex.lease_id)
+    return Settlement(
+        adjustments=adjustments,
+        inflight_key=ex.inflight_key,
+        lease_id=ex.lease_id,
+        throttle_factor=ex.admission.throttle_factor if ex.admission else 1.0,
+    )
 
 
 def decision_event(ex: Exchange) -> DecisionEvent:

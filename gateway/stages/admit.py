@@ -73,7 +73,8 @@ def ratelimit_headers(states: tuple[LimitState, ...]) -> dict[str, str]:
     headers: dict[str, str] = {}
     for state in states:
         if state.name in ("requests", "tokens"):
-            headers[f"x-ratelimit-limit-{state.name}"] = str(int(state.limit))
+            # A throttled limit can be fractional; never advertise a limit of 0.
+            headers[f"x-ratelimit-limit-{state.name}"] = str(max(1, math.floor(state.limit)))
             headers[f"x-ratelimit-remaining-{state.name}"] = str(math.floor(state.remaining))
             headers[f"x-ratelimit-reset-{state.name}"] = _duration(state.reset_s)
     return headers
