@@ -22,24 +22,27 @@ class PolicyHolder:
         self.path = path
         self._metrics = metrics
         self.current = load_policy(path) if path is not None else Policy()
-        self._mtime = self._stat()
+        self._seen = self._stat()
 
     def get(self) -> Policy:
         return self.current
 
-    def _stat(self) -> float | None:
+    def _stat(self) -> tuple[int, int, int] | None:
+        """What identifies a version of the file: modification time alone misses a rewrite
+        within one timestamp tick, or by a tool that keeps the old time."""
         if self.path is None:
             return None
         try:
-            return self.path.stat().st_mtime_ns / 1e9
+            st = self.path.stat()
         except OSError:
             return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
 
     def reload(self) -> bool:
         """Load the file again; True if the new policy is now running."""
         if self.path is None:
             return False
-        self._mtime = self._stat()
+        self._seen = self._stat()
         try:
             policy = load_policy(self.path)
         except PolicyError as exc:
@@ -55,8 +58,8 @@ class PolicyHolder:
         return True
 
     async def watch(self, interval_s: float) -> None:
-        """Reload whenever the file's modification time changes."""
+        """Reload whenever the file changes (time, size or inode)."""
         while True:
             await asyncio.sleep(interval_s)
-            if self._stat() != self._mtime:
+            if self._stat() != self._seen:
                 self.reload()

@@ -4,7 +4,8 @@ Requests hand their event (and their token settlement) to :meth:`DecisionLog.rec
 never waits. One background task drains the queue in batches and writes each batch as a
 single MULTI/EXEC pipeline: settle reservations, XADD the events, update per-client
 summaries. When Redis cannot be reached the events go to the local :class:`Spool` and are
-replayed, oldest first, as soon as a write succeeds again. Settlements made during an
+replayed, oldest first, as soon as a write succeeds again (retried every
+``retry_after_failure_s`` while nothing else is written). Settlements made during an
 outage are dropped: the reservation stays charged (the conservative side) and concurrency
 leases expire by their TTL.
 """
@@ -20,9 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.keys import KeySpace
 from gateway.metrics import Metrics
@@ -32,7 +31,9 @@ from gateway.store.spool import Spool
 
 log = logging.getLogger("antidistill.decisions")
 
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Any of these means the batch may not be stored: unreachable, timed out, or refused (out
+# of memory, a read-only replica after a failover). The events are spooled, never dropped.
+_WRITE_FAILED = (RedisError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class Settlement:
     adjustments: tuple[tuple[Charge, float], ...]
     inflight_key: str | None
     lease_id: str
+    throttle_factor: float = 1.0  # as at admission, so corrections are priced the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,7 @@ class DecisionLog:
         self._down_until = 0.0
         self._orphans_checked = False
         self._replayed = 0
+        self._writing = asyncio.Lock()
 
     def record(self, event: DecisionEvent, settlement: Settlement | None = None) -> None:
         """Queue an event for writing; returns at once."""
@@ -89,7 +92,8 @@ class DecisionLog:
         """Write out everything queued (to Redis, or to the spool), then stop."""
         if self._task is not None:
             await self._queue.join()
-            self._task.cancel()
+            async with self._writing:  # never cut a write short: it may have reached Redis
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -103,13 +107,36 @@ class DecisionLog:
     def spooled(self) -> int:
         return self._spool.pending
 
+    async def _next(self) -> _Item | None:
+        """The next queued item; None (taking nothing) when the spool is due for a replay."""
+        if not self._spool.pending and self._orphans_checked:
+            return await self._queue.get()
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        delay = self._down_until - time.monotonic()
+        if delay > 0:
+            try:
+                return await asyncio.wait_for(self._queue.get(), delay)
+            except TimeoutError:
+                pass
+        return None
+
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            first = await self._next()
+            if first is None:
+                async with self._writing:
+                    try:
+                        await self._replay()
+                    except _WRITE_FAILED as exc:
+                        self._failed(exc)
+                continue
+            batch = [first]
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._write_batch(batch)
+                async with self._writing:
+                    await self._write_batch(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -123,14 +150,18 @@ class DecisionLog:
                 await self._write(batch)
                 self._metrics.events_written.inc(len(batch))
                 return
-            except _UNREACHABLE as exc:
-                self._down_until = time.monotonic() + self._retry_after_failure_s
-                log.warning(
-                    "decision log: Redis unreachable (%s); spooling events locally",
-                    type(exc).__name__,
-                )
+            except _WRITE_FAILED as exc:
+                self._failed(exc)
         self._spool.append([item.event for item in batch])
         self._metrics.events_spooled.inc(len(batch))
+
+    def _failed(self, exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self._retry_after_failure_s
+        log.warning(
+            "decision log: cannot write to Redis (%s: %s); spooling events locally",
+            type(exc).__name__,
+            str(exc)[:200],
+        )
 
     async def _write(self, batch: Sequence[_Item]) -> None:
         pipe = self._redis.pipeline(transaction=True)
@@ -141,6 +172,7 @@ class DecisionLog:
                     adjustments=item.settlement.adjustments,
                     inflight_key=item.settlement.inflight_key,
                     lease_id=item.settlement.lease_id,
+                    throttle_factor=item.settlement.throttle_factor,
                 )
             self._queue_event(pipe, item.event)
         results = await pipe.execute(raise_on_error=False)
@@ -173,7 +205,7 @@ class DecisionLog:
             await self._write([_Item(e, None) for e in chunk])
             self._replayed += len(chunk)
             self._metrics.events_written.inc(len(chunk))
-        if own:
+        if own or self._spool.pending:
             self._spool.clear_own()
             self._replayed = 0
             log.info("decision log: replayed %d spooled events", len(own))

@@ -9,6 +9,7 @@ process that is gone and may be replayed by anyone. Lines are flushed and fsynce
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -17,14 +18,21 @@ from typing import IO
 
 from gateway.store.events import DecisionEvent
 
+log = logging.getLogger("antidistill.store")
+
 
 class Spool:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"decisions-{os.getpid()}-{time.time_ns()}.jsonl"
-        self._handle: IO[bytes] = open(self.path, "ab")  # noqa: SIM115 - held for the process life
+        name = f"decisions-{os.getpid()}-{time.time_ns()}.jsonl"
+        self.path = directory / name
+        # Created under a name that orphans() ignores and renamed once locked: otherwise
+        # another process could take the new, still unlocked file for an orphan and delete it.
+        creating = directory / f".{name}.new"
+        self._handle: IO[bytes] = open(creating, "ab")  # noqa: SIM115 - held for the process life
         fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(creating, self.path)
         self._pending = 0
 
     @property
@@ -40,7 +48,8 @@ class Spool:
 
     def own_events(self) -> list[DecisionEvent]:
         self._handle.flush()
-        return list(_read(self.path))
+        with open(self.path, "rb") as handle:
+            return list(_read(self.path, handle))
 
     def clear_own(self) -> None:
         """Forget this process's spooled events (after they reached Redis)."""
@@ -67,8 +76,11 @@ class Spool:
             except BlockingIOError:
                 handle.close()
                 continue
+            if os.fstat(handle.fileno()).st_nlink == 0:
+                handle.close()  # replayed and deleted by another process while we waited
+                continue
             try:
-                yield path, list(_read(path)), handle
+                yield path, list(_read(path, handle)), handle
             finally:
                 handle.close()
 
@@ -80,10 +92,16 @@ class Spool:
             self.path.unlink(missing_ok=True)
 
 
-def _read(path: Path) -> Iterator[DecisionEvent]:
-    with open(path, "rb") as handle:
-        for line in handle:
-            # A line without its newline was cut by a crash before append() returned,
-            # so no caller was ever told it was stored: skip it.
-            if line.endswith(b"\n") and line.strip():
-                yield DecisionEvent.from_json(line)
+def _read(path: Path, handle: IO[bytes]) -> Iterator[DecisionEvent]:
+    for number, line in enumerate(handle, start=1):
+        # A line without its newline was cut by a crash before append() returned,
+        # so no caller was ever told it was stored: skip it.
+        if not line.endswith(b"\n") or not line.strip():
+            continue
+        try:
+            event = DecisionEvent.from_json(line)
+        except (ValueError, TypeError, AttributeError) as exc:
+            # A damaged line must not block the file's other events (nor the writer).
+            log.error("spool: skipping unreadable event at %s:%d: %s", path, number, exc)
+            continue
+        yield event
