@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> Starlette:
         request_stages=[
             Identify(secret),
             ParseBody(),
-            Admit(limiter, keys, metrics),
+            Admit(limiter, keys, metrics, deadline_s=settings.redis_timeout_s),
             Shape(redis, keys),
         ],
         # Order matters: count what the upstream sent, withhold reasoning, then mark and

@@ -37,6 +37,11 @@ class Metrics:
             "Decision events written to the local spool while Redis was unreachable.",
             registry=self.registry,
         )
+        self.events_lost = Counter(
+            "antidistill_decision_events_lost",
+            "Decision events that neither Redis nor the local spool could take.",
+            registry=self.registry,
+        )
         self.event_queue = Gauge(
             "antidistill_decision_queue_depth",
             "Decision events waiting for the background writer.",

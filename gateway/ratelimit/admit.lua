@@ -15,6 +15,7 @@
 -- ARGV[5]  lease id
 -- ARGV[6]  lease ttl in ms
 -- ARGV[7 + 4*(i-1) ..]  per charge: limit, period_ms, burst, cost
+-- ARGV[7 + 4*n]    deadline in Redis time (ms), or '' for none
 --
 -- Returns {allowed (0|1), reason, denied_by ('' | charge index | 'concurrency'),
 --          retry_after_ms, now_ms, level, reasons, expires_at_ms,
@@ -45,6 +46,19 @@ local n = tonumber(ARGV[3])
 local max_inflight = tonumber(ARGV[4])
 local lease_id = ARGV[5]
 local lease_ttl_ms = tonumber(ARGV[6])
+
+-- 0. A call that arrives after its caller gave up (a Redis that hung, then woke up) must
+-- reserve nothing: nobody would ever settle it.
+local deadline = tonumber(ARGV[7 + 4 * n])
+if deadline and now > deadline then
+  local stale = {0, 'stale', '', '0', num(now), 'allow', '', ''}
+  for _ = 1, n do
+    table.insert(stale, '0')
+    table.insert(stale, '0')
+    table.insert(stale, '0')
+  end
+  return stale
+end
 
 -- 1. Enforcement level.
 local lv = redis.call('HMGET', KEYS[1], 'level', 'reasons', 'expires_at_ms')

@@ -19,6 +19,7 @@ Other levels do not change the limits.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -70,6 +71,7 @@ class Limiter:
         self._redis = redis
         self._admit = redis.register_script(lua_source("admit.lua"))
         self._set_level = redis.register_script(lua_source("level.lua"))
+        self._clock_offset_ms: float | None = None  # Redis TIME minus local time
 
     async def admit(
         self,
@@ -82,12 +84,15 @@ class Limiter:
         lease_ttl_s: float = 600.0,
         throttle_factor: float = 1.0,
         now_ms: int | None = None,
+        deadline_s: float | None = None,
     ) -> Admission:
         """Check the level, all charges and the lease together; reserve all or nothing.
 
         One EVALSHA (re-sent with its source on NOSCRIPT). Every key must live in one Redis
         Cluster slot. A lease is taken only when `inflight_key` and `max_inflight` are given;
-        it expires after `lease_ttl_s` unless settled first.
+        it expires after `lease_ttl_s` unless settled first. With `deadline_s` (the caller's
+        timeout), a call that Redis runs later than that — after the caller gave up —
+        reserves nothing; the deadline is set in Redis time, learnt from earlier replies.
         """
         _check_admit(charges, inflight_key, max_inflight, lease_id, lease_ttl_s, throttle_factor)
         keys = [level_key, *(charge.key for charge in charges)]
@@ -101,10 +106,17 @@ class Limiter:
         ]
         for charge in charges:
             args += [charge.rate.limit, charge.rate.period_ms, charge.rate.capacity, charge.cost]
+        deadline = ""
+        if deadline_s is not None and self._clock_offset_ms is not None and now_ms is None:
+            deadline = f"{time.time() * 1000 + self._clock_offset_ms + deadline_s * 1000:.0f}"
+        args.append(deadline)
         if inflight_key is not None:
             keys.append(inflight_key)
         raw = await self._admit(keys=keys, args=args)
-        return _admission(raw, charges, throttle_factor)
+        admission = _admission(raw, charges, throttle_factor)
+        if now_ms is None:
+            self._clock_offset_ms = admission.now_ms - time.time() * 1000
+        return admission
 
     def queue_settle(
         self,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import Response
 
 from gateway.errors import error_response
@@ -85,10 +87,21 @@ class Admit:
 
     name = "admit"
 
-    def __init__(self, limiter: Limiter, keys: KeySpace, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        keys: KeySpace,
+        metrics: Metrics,
+        *,
+        store_retry_s: float = 1.0,
+        deadline_s: float | None = None,
+    ) -> None:
         self._limiter = limiter
         self._keys = keys
         self._metrics = metrics
+        self._store_retry_s = store_retry_s
+        self._deadline_s = deadline_s
+        self._store_down_until = 0.0
 
     async def on_request(self, ex: Exchange) -> Response | None:
         assert ex.client is not None
@@ -112,6 +125,10 @@ class Admit:
         limits = ex.client.limits
         ex.lease_id = ex.id if limits.max_concurrent is not None else ""
         ex.inflight_key = self._keys.inflight(ex.client.id) if ex.lease_id else None
+        if time.monotonic() < self._store_down_until:
+            # The store failed a moment ago: apply the failure mode at once rather than
+            # making every request wait out a timeout; one request probes again later.
+            return self._store_failed(ex, None)
         try:
             admission = await self._limiter.admit(
                 level_key=self._keys.level(ex.client.id),
@@ -120,14 +137,25 @@ class Admit:
                 max_inflight=limits.max_concurrent,
                 lease_id=ex.lease_id,
                 throttle_factor=ex.policy.enforcement.throttle_factor,
+                deadline_s=self._deadline_s,
             )
         except (RedisError, OSError) as exc:
             return self._store_failed(ex, exc)
         return self._decide(ex, admission)
 
-    def _store_failed(self, ex: Exchange, exc: BaseException) -> Response | None:
+    def _store_failed(self, ex: Exchange, exc: BaseException | None) -> Response | None:
         self._metrics.limiter_results.labels(result="store_error").inc()
-        log.warning("rate-limit store unreachable: %s", type(exc).__name__)
+        if isinstance(exc, RedisTimeoutError | TimeoutError):
+            # A hung store costs every request a timeout; a refused connection fails fast
+            # and needs no breaker.
+            self._store_down_until = time.monotonic() + self._store_retry_s
+        if exc is not None:
+            log.warning(
+                "rate-limit store unreachable (%s); applying on_store_error=%s for %.1fs",
+                type(exc).__name__,
+                ex.policy.store.on_store_error,
+                self._store_retry_s,
+            )
         ex.charges, ex.lease_id, ex.inflight_key = (), "", None
         ex.reasons.append("store_unavailable")
         if ex.policy.store.on_store_error == "fail_closed" and not ex.policy.shadow:

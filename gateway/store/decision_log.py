@@ -34,6 +34,7 @@ log = logging.getLogger("antidistill.decisions")
 # Any of these means the batch may not be stored: unreachable, timed out, or refused (out
 # of memory, a read-only replica after a failover). The events are spooled, never dropped.
 _WRITE_FAILED = (RedisError, OSError)
+ORPHAN_CHECK_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class DecisionLog:
         self._task: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self._orphans_checked = False
+        self._orphan_check_at = 0.0
         self._replayed = 0
         self._writing = asyncio.Lock()
 
@@ -109,6 +111,8 @@ class DecisionLog:
 
     async def _next(self) -> _Item | None:
         """The next queued item; None (taking nothing) when the spool is due for a replay."""
+        if time.monotonic() >= self._orphan_check_at:
+            self._orphans_checked = False  # look again for spools of processes that died
         if not self._spool.pending and self._orphans_checked:
             return await self._queue.get()
         if not self._queue.empty():
@@ -152,7 +156,14 @@ class DecisionLog:
                 return
             except _WRITE_FAILED as exc:
                 self._failed(exc)
-        self._spool.append([item.event for item in batch])
+        try:
+            self._spool.append([item.event for item in batch])
+        except OSError as exc:
+            # Neither Redis nor the disk can take them: the one case where events are lost.
+            # Say so loudly and keep the writer alive for when either comes back.
+            self._metrics.events_lost.inc(len(batch))
+            log.error("decision log: %d events LOST: spool write failed: %s", len(batch), exc)
+            return
         self._metrics.events_spooled.inc(len(batch))
 
     def _failed(self, exc: BaseException) -> None:
@@ -216,3 +227,4 @@ class DecisionLog:
             self._metrics.events_written.inc(len(events))
             log.info("decision log: replayed %d events left by a stopped process", len(events))
         self._orphans_checked = True
+        self._orphan_check_at = time.monotonic() + ORPHAN_CHECK_INTERVAL_S
