@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> Starlette:
         Spool(settings.spool_path.parent),
         metrics,
         max_events=policy.store.retention.max_events,
+        deadline_s=settings.redis_timeout_s,
     )
     provenance_key = hmac.new(secret, b"antidistill-provenance", hashlib.sha256).digest()
     pipeline = Pipeline(

@@ -2,26 +2,29 @@
 
 Requests hand their event (and their token settlement) to :meth:`DecisionLog.record`, which
 never waits. One background task drains the queue in batches and writes each batch as a
-single MULTI/EXEC pipeline: settle reservations, XADD the events, update per-client
-summaries. When Redis cannot be reached the events go to the local :class:`Spool` and are
-replayed, oldest first, as soon as a write succeeds again (retried every
-``retry_after_failure_s`` while nothing else is written). Settlements made during an
-outage are dropped: the reservation stays charged (the conservative side) and concurrency
-leases expire by their TTL.
+single pipelined round trip: settle reservations, then one ``record.lua`` call that appends
+the events and updates per-client summaries. When Redis cannot be reached the events go
+to the local :class:`Spool` and are replayed, oldest first, as soon as a write succeeds
+again (retried every ``retry_after_failure_s`` while nothing else is written).
+Settlements made during an outage are dropped: the reservation stays charged (the
+conservative side) and concurrency leases expire by their TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.keys import KeySpace
 from gateway.metrics import Metrics
@@ -35,6 +38,7 @@ log = logging.getLogger("antidistill.decisions")
 # of memory, a read-only replica after a failover). The events are spooled, never dropped.
 _WRITE_FAILED = (RedisError, OSError)
 ORPHAN_CHECK_INTERVAL_S = 30.0
+_RECORD_LUA = resources.files("gateway.store").joinpath("record.lua").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +69,7 @@ class DecisionLog:
         max_events: int,
         batch_size: int = 512,
         retry_after_failure_s: float = 1.0,
+        deadline_s: float | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -81,6 +86,10 @@ class DecisionLog:
         self._orphan_check_at = 0.0
         self._replayed = 0
         self._writing = asyncio.Lock()
+        self._deadline_s = deadline_s
+        self._clock_offset_ms: float | None = None  # Redis TIME minus local time
+        self._record_source = _RECORD_LUA
+        self._record_sha = hashlib.sha1(_RECORD_LUA.encode(), usedforsecurity=False).hexdigest()
 
     def record(self, event: DecisionEvent, settlement: Settlement | None = None) -> None:
         """Queue an event for writing; returns at once."""
@@ -175,7 +184,13 @@ class DecisionLog:
         )
 
     async def _write(self, batch: Sequence[_Item]) -> None:
-        pipe = self._redis.pipeline(transaction=True)
+        """Settle the batch's reservations, then store its events with one script call.
+
+        Not a MULTI: each settle is atomic on its own, and record.lua stores the whole batch
+        of events or none of it. If settles ran but the events did not, the caller spools
+        the events and settlements are not retried (the conservative side).
+        """
+        pipe = self._redis.pipeline(transaction=False)
         for item in batch:
             if item.settlement is not None:
                 self._limiter.queue_settle(
@@ -185,28 +200,46 @@ class DecisionLog:
                     lease_id=item.settlement.lease_id,
                     throttle_factor=item.settlement.throttle_factor,
                 )
-            self._queue_event(pipe, item.event)
+        record_keys, record_args = self._record_call([item.event for item in batch])
+        pipe.evalsha(self._record_sha, len(record_keys), *record_keys, *record_args)
         results = await pipe.execute(raise_on_error=False)
-        errors = [r for r in results if isinstance(r, RedisError)]
+        *settled, recorded = results
+        if isinstance(recorded, NoScriptError):
+            await self._redis.script_load(self._record_source)
+            recorded = await self._redis.evalsha(
+                self._record_sha, len(record_keys), *record_keys, *record_args
+            )
+        if isinstance(recorded, Exception):
+            raise recorded  # nothing of this batch is stored: spool it
+        stored, redis_now = recorded
+        self._clock_offset_ms = float(redis_now) - time.time() * 1000
+        if int(stored) < 0:
+            # Ran past its deadline: only possible if this very call had already timed out.
+            raise RedisTimeoutError("record batch reached Redis after its deadline")
+        errors = [r for r in settled if isinstance(r, RedisError)]
         if errors:
-            # The transaction ran: events are stored; a failing command is a bug to report,
-            # not a reason to write the events a second time.
-            log.error("decision log: %d commands failed, first: %s", len(errors), errors[0])
+            log.error("decision log: %d settlements failed, first: %s", len(errors), errors[0])
 
-    def _queue_event(self, pipe: aioredis.client.Pipeline, event: DecisionEvent) -> None:
-        fields: dict[Any, Any] = dict(event.to_fields())
-        pipe.xadd(self._keys.decisions, fields, maxlen=self.max_events, approximate=True)
-        summary = self._keys.summary(event.client)
-        pipe.hincrby(summary, "requests", 1)
-        pipe.hincrby(summary, f"decision:{event.decision}", 1)
-        tokens = (event.prompt_tokens or 0) + event.completion_tokens
-        if tokens and event.decision == "admitted":
-            pipe.hincrby(summary, "tokens", tokens)
-        pipe.hset(
-            summary,
-            mapping={"last_ts": event.ts, "tier": event.tier, "level": event.level},
-        )
-        pipe.zadd(self._keys.clients, {event.client: event.ts})
+    def _record_call(self, events: Sequence[DecisionEvent]) -> tuple[list[str], list[Any]]:
+        deadline = ""
+        if self._deadline_s is not None and self._clock_offset_ms is not None:
+            deadline = f"{time.time() * 1000 + self._clock_offset_ms + self._deadline_s * 1000:.0f}"
+        args: list[Any] = [self.max_events, self._keys.prefix + ":", len(events), deadline]
+        for event in events:
+            tokens = (event.prompt_tokens or 0) + event.completion_tokens
+            fields = event.to_fields()
+            args += [
+                event.client,
+                event.decision,
+                tokens if event.decision == "admitted" else 0,
+                event.ts,
+                event.tier,
+                event.level,
+                len(fields),
+            ]
+            for name, value in fields.items():
+                args += [name, value]
+        return [self._keys.decisions, self._keys.clients], args
 
     async def _replay(self) -> None:
         """Write spooled events to Redis, each chunk exactly once even if Redis fails again."""
