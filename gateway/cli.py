@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from gateway.identity import client_id_for
 from gateway.keys import KeySpace
 from gateway.policy import Level, Policy
 from gateway.policy_file import PolicyError, load_policy, policy_json_schema
+from gateway.provenance.cli import provenance_app
 from gateway.settings import Settings, resolve_key_secret
 
 app = typer.Typer(
@@ -35,6 +37,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(client_app, name="client")
 app.add_typer(decisions_app, name="decisions")
+app.add_typer(provenance_app, name="provenance")
 
 RedisOpt = Annotated[
     str | None,
@@ -127,6 +130,9 @@ def serve(
     embedded = EmbeddedRedis(settings.data_dir / "redis") if settings.redis is None else None
     if embedded is not None:
         settings = settings.model_copy(update={"redis": embedded.url})
+    # uvicorn shuts down gracefully on SIGTERM, then raises it again; this handler turns
+    # that into SystemExit so the `finally` below still stops the embedded Redis.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     try:
         if settings.workers == 1:
             target: object = create_app(settings)
