@@ -52,6 +52,12 @@ class PolicyHolder:
                 extra={"problems": [str(i) for i in exc.issues]},
             )
             return False
+        fixed = _fixed_at_start(self.current, policy)
+        if fixed:
+            log.warning(
+                "policy reloaded, but these settings only take effect on restart",
+                extra={"settings": fixed},
+            )
         self.current = policy
         self._metrics.policy_reloads.labels(result="ok").inc()
         log.info("policy reloaded", extra={"path": str(self.path)})
@@ -63,3 +69,15 @@ class PolicyHolder:
             await asyncio.sleep(interval_s)
             if self._stat() != self._seen:
                 self.reload()
+
+
+def _fixed_at_start(old: Policy, new: Policy) -> list[str]:
+    """Settings that differ between two policies but are read once, when the gateway starts."""
+    changed = []
+    if old.store.key_prefix != new.store.key_prefix:
+        changed.append("store.key_prefix")
+    if old.store.retention.max_events != new.store.retention.max_events:
+        changed.append("store.retention.max_events")
+    if old.upstream != new.upstream:
+        changed.append("upstream")
+    return changed
