@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from detectors.features import request_features
 from gateway.exchange import Exchange
 from gateway.identity import ANONYMOUS
 from gateway.store.decision_log import Settlement
@@ -103,4 +104,5 @@ def decision_event(ex: Exchange) -> DecisionEvent:
         client_ip=(client.client_ip or "") if client else "",
         tls_fingerprint=(client.tls_fingerprint or "") if client else "",
         org_id=(client.org_id or "") if client else "",
+        features=request_features(ex.route.kind, ex.body).to_json() if ex.body else "",
     )

@@ -45,6 +45,7 @@ class DecisionEvent:
     client_ip: str = ""
     tls_fingerprint: str = ""
     org_id: str = ""
+    features: str = ""  # detectors.schema.RequestFeatures as JSON
 
     def to_fields(self) -> dict[str, str]:
         out: dict[str, str] = {}
