@@ -151,7 +151,7 @@ class Proxy:
         )
         headers = {**response_headers(upstream.headers), **ex.response_headers}
         if upstream.content_type == "text/event-stream":
-            return _StreamResponse(self, ex, upstream, headers)
+            return _StreamResponse(self._pipeline, self._finish, ex, upstream, headers)
         try:
             content = await upstream.read()
         except (aiohttp.ClientError, TimeoutError):
@@ -183,9 +183,15 @@ class _StreamResponse(Response):
     """Passes an upstream SSE stream through event by event, logging when it ends."""
 
     def __init__(
-        self, proxy: Proxy, ex: Exchange, upstream: aiohttp.ClientResponse, headers: dict[str, str]
+        self,
+        pipeline: Pipeline,
+        finish: Callable[[Exchange], None],
+        ex: Exchange,
+        upstream: aiohttp.ClientResponse,
+        headers: dict[str, str],
     ) -> None:
-        self._proxy = proxy
+        self._pipeline = pipeline
+        self._finish = finish
         self._ex = ex
         self._upstream = upstream
         self.status_code = upstream.status
@@ -212,10 +218,10 @@ class _StreamResponse(Response):
                 self._upstream.close()  # stop the upstream generating for nobody
             else:
                 self._upstream.release()
-            self._proxy._finish(ex)
+            self._finish(ex)
 
     async def _relay(self, send: Send) -> None:
-        ex, pipeline = self._ex, self._proxy._pipeline
+        ex, pipeline = self._ex, self._pipeline
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
