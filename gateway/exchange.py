@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ class Exchange:
     method: str
     headers: dict[str, str]
     raw_body: bytes
+    receive_body: Callable[[int], Awaitable[bytes]] | None = None
     started: float = field(default_factory=time.perf_counter)
     received_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     body: dict[str, Any] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -10,7 +11,7 @@ from collections.abc import Callable
 import aiohttp
 import anyio
 import orjson
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -21,31 +22,13 @@ from gateway.pipeline import Pipeline
 from gateway.policy import Policy
 from gateway.record import decision_event, settlement_for
 from gateway.sse import SseEvent, iter_events
+from gateway.stages.parse import read_capped
 from gateway.store.decision_log import DecisionLog
 from gateway.upstream import UpstreamClient, UpstreamError, response_headers
 
 log = logging.getLogger("antidistill.proxy")
 
 _MAX_SSE_EVENT_BYTES = 1 << 20
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, cap: int) -> bytes:
-    """The request body, refusing to read more than ``cap`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise _BodyTooLarge
-    parts: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise _BodyTooLarge
-        parts.append(chunk)
-    return b"".join(parts)
 
 
 class Proxy:
@@ -89,22 +72,8 @@ class Proxy:
                 for k, v in request.scope["headers"]
             },
             raw_body=b"",
+            receive_body=functools.partial(read_capped, request),
         )
-        try:
-            ex.raw_body = await _read_body(request, policy.requests.max_body_bytes)
-        except _BodyTooLarge:
-            ex.reasons.append("body_too_large")
-            return self._answer(
-                ex,
-                error_response(
-                    413,
-                    f"Request body is larger than {policy.requests.max_body_bytes} bytes.",
-                    code="request_too_large",
-                ),
-            )
-        except ClientDisconnect:
-            ex.reasons.append("client_disconnected")
-            return self._answer(ex, Response(status_code=499))
         answer = await self._pipeline.run_request(ex)
         if answer is not None:
             return self._answer(ex, answer)
@@ -207,7 +176,8 @@ class _StreamResponse(Response):
                 async def watch_disconnect() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    ex.reasons.append("client_disconnected")
+                    if not ex.state.get("stream_done"):  # gone before the end, not after
+                        ex.reasons.append("client_disconnected")
                     group.cancel_scope.cancel()
 
                 group.start_soon(watch_disconnect)
@@ -253,6 +223,7 @@ class _StreamResponse(Response):
                     "more_body": True,
                 }
             )
+        ex.state["stream_done"] = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
