@@ -91,7 +91,10 @@ class Proxy:
         self._metrics.requests.labels(
             route=ex.route.path, decision=ex.decision, level=ex.level
         ).inc()
-        self._decisions.record(decision_event(ex), settlement_for(ex))
+        marks = ex.state.get("provenance_marks") or ()
+        self._decisions.record(
+            decision_event(ex), settlement_for(ex), [orjson.dumps(m) for m in marks]
+        )
 
     async def _forward(self, ex: Exchange) -> Response:
         body: bytes | None = None

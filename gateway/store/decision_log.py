@@ -38,6 +38,7 @@ log = logging.getLogger("antidistill.decisions")
 # of memory, a read-only replica after a failover). The events are spooled, never dropped.
 _WRITE_FAILED = (RedisError, OSError)
 ORPHAN_CHECK_INTERVAL_S = 30.0
+MAX_MARKS = 10_000  # provenance marks kept per client
 _RECORD_LUA = resources.files("gateway.store").joinpath("record.lua").read_text(encoding="utf-8")
 
 
@@ -55,6 +56,7 @@ class Settlement:
 class _Item:
     event: DecisionEvent
     settlement: Settlement | None
+    marks: tuple[bytes, ...] = ()
 
 
 class DecisionLog:
@@ -91,9 +93,20 @@ class DecisionLog:
         self._record_source = _RECORD_LUA
         self._record_sha = hashlib.sha1(_RECORD_LUA.encode(), usedforsecurity=False).hexdigest()
 
-    def record(self, event: DecisionEvent, settlement: Settlement | None = None) -> None:
-        """Queue an event for writing; returns at once."""
-        self._queue.put_nowait(_Item(event, settlement))
+    def record(
+        self,
+        event: DecisionEvent,
+        settlement: Settlement | None = None,
+        marks: Sequence[bytes] = (),
+    ) -> None:
+        """Queue an event for writing; returns at once.
+
+        ``marks`` are provenance marks given to the client with this response (JSON): they
+        are appended to the client's provenance list, newest ``MAX_MARKS`` kept. Marks of a
+        response made while Redis is unreachable are not spooled: a missed mark weakens a
+        later ownership test slightly, it never accuses anyone.
+        """
+        self._queue.put_nowait(_Item(event, settlement, tuple(marks)))
         self._metrics.event_queue.set(self._queue.qsize())
 
     def start(self) -> None:
@@ -200,6 +213,10 @@ class DecisionLog:
                     lease_id=item.settlement.lease_id,
                     throttle_factor=item.settlement.throttle_factor,
                 )
+            if item.marks:
+                key = self._keys.provenance(item.event.client)
+                pipe.rpush(key, *item.marks)
+                pipe.ltrim(key, -MAX_MARKS, -1)
         record_keys, record_args = self._record_call([item.event for item in batch])
         pipe.evalsha(self._record_sha, len(record_keys), *record_keys, *record_args)
         results = await pipe.execute(raise_on_error=False)

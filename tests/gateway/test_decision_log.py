@@ -275,3 +275,22 @@ async def test_write_that_timed_out_but_ran_later_is_not_stored_twice(
     ids = [e.id for e in _stream(sync, keys)]
     sync.close()
     assert ids == ["e0", "e1"]
+
+
+async def test_provenance_marks_are_kept_per_client(
+    redis_url: str, redis_sync: redis.Redis, keyspace: KeySpace, tmp_path: Path
+) -> None:
+    client = connect(redis_url, 2.0)
+    log = _log(client, keyspace, tmp_path / "spool")
+    log.start()
+    log.record(_event(1), None, [b'{"kind":"dawn","label":3}'])
+    log.record(_event(2))
+    log.record(_event(3), None, [b'{"kind":"dawn","label":7}', b'{"kind":"dawn","label":1}'])
+    await log.close()
+    await client.aclose()
+    marks = redis_sync.lrange(keyspace.provenance("c1"), 0, -1)
+    assert marks == [
+        b'{"kind":"dawn","label":3}',
+        b'{"kind":"dawn","label":7}',
+        b'{"kind":"dawn","label":1}',
+    ]
