@@ -30,6 +30,13 @@ def _chunk_tokens(choice: dict[str, Any]) -> int:
     return 1 if isinstance(text, str) and text else 0
 
 
+def _cut_at(reserved: int) -> int:
+    """Counted tokens past which a stream is cut: the reservation plus a little slack,
+    since a chunk count only approximates tokens (servers send tag-only or empty chunks).
+    The cut guards against upstreams that ignore max_tokens, not against one extra chunk."""
+    return reserved + max(4, reserved // 20)
+
+
 class Meter:
     name = "meter"
 
@@ -45,7 +52,9 @@ class Meter:
         if not isinstance(choices, list) or ex.usage_reported:
             return False
         ex.completion_tokens += sum(_chunk_tokens(c) for c in choices if isinstance(c, dict))
-        if 0 < ex.output_tokens_reserved < ex.completion_tokens:
+        if ex.output_tokens_reserved > 0 and ex.completion_tokens > _cut_at(
+            ex.output_tokens_reserved
+        ):
             ex.stream_cut = True
             ex.reasons.append("stream_reservation_exhausted")
         return False

@@ -52,8 +52,9 @@ def test_stream_cut_when_reservation_runs_out(
     assert data[-1] == "[DONE]"
     chunks = [orjson.loads(d) for d in data[:-1]]
     contents = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
-    assert [c for c in contents if c] == [f"t{i} " for i in range(5)]
+    # 5 reserved plus the meter's slack of 4 chunks (chunks only approximate tokens).
+    assert [c for c in contents if c] == [f"t{i} " for i in range(9)]
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     assert events[0]["stream_cut"] == "1"
-    assert events[0]["completion_tokens"] == "6"  # the sixth token was counted, then withheld
+    assert events[0]["completion_tokens"] == "10"  # the tenth was counted, then withheld
     assert "stream_reservation_exhausted" in events[0]["reasons"]
