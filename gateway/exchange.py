@@ -36,6 +36,7 @@ class Exchange:
     started: float = field(default_factory=time.perf_counter)
     received_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     body: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # as the client sent them
     body_modified: bool = False
     client: Client | None = None
     admission: Admission | None = None

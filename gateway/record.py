@@ -8,43 +8,11 @@ from typing import Any
 from detectors.features import request_features
 from gateway.exchange import Exchange
 from gateway.identity import ANONYMOUS
+from gateway.params import request_params
 from gateway.store.decision_log import Settlement
 from gateway.store.events import DecisionEvent
 
-_SCALAR_PARAMS = (
-    "model",
-    "max_tokens",
-    "max_completion_tokens",
-    "n",
-    "temperature",
-    "top_p",
-    "top_logprobs",
-)
-
-
-def request_params(body: dict[str, Any] | None) -> dict[str, Any]:
-    """The request's parameters that matter for review and detection (never the prompt)."""
-    if body is None:
-        return {}
-    params: dict[str, Any] = {}
-    for name in _SCALAR_PARAMS:
-        value = body.get(name)
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            params[name] = value[:128] if isinstance(value, str) else value
-    logprobs = body.get("logprobs")
-    if logprobs is not None and isinstance(logprobs, bool | int):
-        params["logprobs"] = logprobs
-    bias = body.get("logit_bias")
-    if isinstance(bias, dict) and bias:
-        params["logit_bias_tokens"] = len(bias)
-    if "seed" in body:
-        params["seed"] = True
-    if body.get("stream") is True:
-        params["stream"] = True
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        params["messages"] = len(messages)
-    return params
+__all__ = ["decision_event", "request_params", "settlement_for"]
 
 
 def settlement_for(ex: Exchange) -> Settlement | None:
@@ -99,7 +67,7 @@ def decision_event(ex: Exchange) -> DecisionEvent:
         reserved_tokens=ex.reserved_tokens,
         stream=ex.stream,
         stream_cut=ex.stream_cut,
-        params=request_params(ex.body),
+        params=ex.params,
         limits=limits,
         client_ip=(client.client_ip or "") if client else "",
         tls_fingerprint=(client.tls_fingerprint or "") if client else "",

@@ -111,8 +111,8 @@ class Admit:
         if (
             ex.body is not None
             and kind in (RouteKind.OPENAI_CHAT, RouteKind.OPENAI_COMPLETIONS)
-            and "max_tokens" not in ex.body
-            and "max_completion_tokens" not in ex.body
+            and ex.body.get("max_tokens") is None
+            and ex.body.get("max_completion_tokens") is None
         ):
             ex.body["max_tokens"] = ex.policy.tokens.default_max_tokens
             ex.body_modified = True

@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from gateway.errors import error_response
 from gateway.exchange import Exchange
+from gateway.params import request_params
 
 
 class BodyTooLarge(Exception):
@@ -63,5 +64,6 @@ class ParseBody:
             ex.reasons.append("malformed_json")
             return error_response(400, "Request body must be a JSON object.", code="invalid_json")
         ex.body = parsed
+        ex.params = request_params(parsed)  # before any stage changes the body
         ex.stream = parsed.get("stream") is True
         return None

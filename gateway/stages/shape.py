@@ -183,6 +183,34 @@ def _shape_logit_bias(body: dict[str, Any], c: ControlSet, chat: bool, out: list
     return ids
 
 
+# Server-specific parameters (vLLM, TGI, llama.cpp) that restrict or reweight the vocabulary
+# like logit_bias does: allowed_token_ids + logprobs reads relative logits of any token
+# subset, which is the same stealing primitive. They follow the logit_bias controls.
+_BIAS_LIKE = ("allowed_token_ids", "bad_words", "logits_processors")
+# Parameters that make sampling near-greedy whatever the temperature; removed (or raised,
+# for top_p) while a temperature floor is in force, or the floor would mean nothing.
+_GREEDY_LIKE = ("top_k", "min_p", "typical_p")
+_TOP_P_FLOOR = 0.9
+
+
+def _shape_bias_like(body: dict[str, Any], c: ControlSet, chat: bool, out: list[str]) -> None:
+    for name in _BIAS_LIKE:
+        if body.get(name) in (None, [], {}):
+            continue
+        with_logprobs = _asks_logprobs(body, chat) and c.logit_bias_with_logprobs != "allow"
+        rule = c.logit_bias_with_logprobs if with_logprobs else c.logit_bias
+        if rule == "refuse":
+            raise _Refused(
+                f"{name}_refused",
+                f"{name} is not accepted for this client"
+                + (" together with logprobs" if with_logprobs else "")
+                + f": restricting the vocabulary is a primitive of {_STEALING}.",
+            )
+        if rule == "strip":
+            del body[name]
+            out.append(f"{name}_stripped")
+
+
 def _shape_sampling(body: dict[str, Any], c: ControlSet, out: list[str]) -> None:
     assert c.n_max is not None and c.max_tokens_max is not None
     _cap(body, "n", c.n_max, "clamped", out, negative=False)
@@ -200,6 +228,14 @@ def _shape_sampling(body: dict[str, Any], c: ControlSet, out: list[str]) -> None
         if current < floor:
             body["temperature"] = floor
             out.append(f"temperature_raised:{float(current)}>{floor}")
+        for name in _GREEDY_LIKE:
+            if name in body:
+                del body[name]
+                out.append(f"{name}_dropped")
+        top_p = body.get("top_p")
+        if isinstance(top_p, int | float) and not isinstance(top_p, bool) and top_p < _TOP_P_FLOOR:
+            body["top_p"] = _TOP_P_FLOOR
+            out.append(f"top_p_raised:{float(top_p)}>{_TOP_P_FLOOR}")
 
 
 class Shape:
@@ -227,6 +263,7 @@ class Shape:
         try:
             _shape_logprobs(work, controls, chat, out)
             biased = _shape_logit_bias(work, controls, chat, out)
+            _shape_bias_like(work, controls, chat, out)
             _shape_sampling(work, controls, out)
             cap = controls.logit_bias_distinct_tokens
             if biased and cap:

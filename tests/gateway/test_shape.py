@@ -515,3 +515,22 @@ async def test_any_params_give_a_400_or_a_forwardable_body(
         assert shaped.get("seed") is None
     if controls.logprobs == "drop":
         assert not {"top_logprobs", "prompt_logprobs"} & shaped.keys()
+
+
+async def test_vocabulary_restricting_extras_follow_the_logit_bias_rules(shape: Shape) -> None:
+    body = {"messages": [], "logprobs": True, "top_logprobs": 5, "allowed_token_ids": [1, 2, 3]}
+    ex = exchange(body)
+    answer = await shape.on_request(ex)
+    assert answer is not None and answer.status_code == 400
+    assert "allowed_token_ids_refused" in ex.reasons
+    plain = exchange({"messages": [], "allowed_token_ids": [1, 2, 3]})
+    assert await shape.on_request(plain) is None  # without logprobs: allowed at allow
+
+
+async def test_temperature_floor_also_removes_greedy_shortcuts(shape: Shape) -> None:
+    body = {"messages": [], "temperature": 0, "top_k": 1, "min_p": 0.9, "top_p": 0.01}
+    ex = exchange(body, level="degrade")
+    assert await shape.on_request(ex) is None
+    assert ex.body is not None
+    assert "top_k" not in ex.body and "min_p" not in ex.body
+    assert ex.body["top_p"] == 0.9 and ex.body["temperature"] == 0.7
