@@ -22,6 +22,7 @@ from gateway.keys import KeySpace
 from gateway.policy import Level, Policy
 from gateway.policy_file import PolicyError, load_policy, policy_json_schema
 from gateway.provenance.cli import provenance_app
+from gateway.provenance.cli import provenance_app
 from gateway.settings import Settings, resolve_key_secret
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(client_app, name="client")
 app.add_typer(decisions_app, name="decisions")
+app.add_typer(provenance_app, name="provenance")
 app.add_typer(provenance_app, name="provenance")
 
 RedisOpt = Annotated[
