@@ -18,6 +18,7 @@ from gateway.provenance.synonyms import default_table
 from gateway.provenance.text import TextMarker, client_text_key, mark_text
 
 MODIFICATION = "text_watermarked"
+LOGPROBS_WITHHELD = "logprobs_withheld_for_watermark"
 
 
 class TextWatermark:
@@ -50,6 +51,7 @@ class TextWatermark:
             return False
         changed = marked = False
         for choice in choices:
+            changed = _withhold_logprobs(ex, choice) or changed
             holder, field = _text_field(choice, "message")
             if holder is None:
                 continue
@@ -73,6 +75,7 @@ class TextWatermark:
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
+            changed = _withhold_logprobs(ex, choice) or changed
             holder, field = _text_field(choice, "delta")
             finishing = choice.get("finish_reason") is not None
             if holder is None and not finishing:
@@ -118,6 +121,16 @@ def _writable_field(choice: dict[str, Any]) -> tuple[dict[str, Any] | None, str]
     if "text" in choice or "delta" not in choice:
         return choice, "text"
     return None, ""
+
+
+def _withhold_logprobs(ex: Exchange, choice: Any) -> bool:
+    """Drop a watermarked choice's logprobs: their tokens would spell the unmarked text."""
+    if not isinstance(choice, dict) or choice.get("logprobs") is None:
+        return False
+    choice["logprobs"] = None
+    if LOGPROBS_WITHHELD not in ex.modifications:
+        ex.modifications.append(LOGPROBS_WITHHELD)
+    return True
 
 
 def _note(ex: Exchange, shadow: bool = False) -> None:

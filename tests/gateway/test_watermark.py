@@ -211,6 +211,21 @@ def test_stage_marks_chat_and_completions_at_watch_only() -> None:
     assert ex.modifications == ["shadow:text_watermarked"]
 
 
+def test_watermarked_choices_lose_their_logprobs() -> None:
+    """Logprob tokens would spell the unmarked words next to the marked text."""
+    stage = TextWatermark(PROVENANCE)
+    body = _chat_body(SAMPLE)
+    body["choices"][0]["logprobs"] = {"content": [{"token": "big", "logprob": -0.1}]}
+    ex = _exchange("watch", RouteKind.OPENAI_CHAT)
+    assert stage.on_json(ex, body) is True
+    assert body["choices"][0]["logprobs"] is None
+    assert "logprobs_withheld_for_watermark" in ex.modifications
+    chunk = {"choices": [{"index": 0, "delta": {"content": "big "}, "logprobs": {"content": []}}]}
+    ex = _exchange("watch", RouteKind.OPENAI_CHAT)
+    stage.on_event(ex, chunk)
+    assert chunk["choices"][0]["logprobs"] is None
+
+
 def test_stage_streams_interleaved_choices_without_loss() -> None:
     stage = TextWatermark(PROVENANCE)
     ex = _exchange("watch", RouteKind.OPENAI_CHAT)
