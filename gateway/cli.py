@@ -24,6 +24,7 @@ from gateway.policy_file import PolicyError, load_policy, policy_json_schema
 from gateway.provenance.cli import provenance_app
 from gateway.provenance.cli import provenance_app
 from gateway.settings import Settings, resolve_key_secret
+from sim.traffic.cli import sim_app
 
 app = typer.Typer(
     help="antidistill: an API gateway that protects model endpoints against distillation.",
@@ -39,7 +40,9 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(client_app, name="client")
 app.add_typer(decisions_app, name="decisions")
 app.add_typer(provenance_app, name="provenance")
+app.add_typer(sim_app, name="sim")
 app.add_typer(provenance_app, name="provenance")
+app.add_typer(sim_app, name="sim")
 
 RedisOpt = Annotated[
     str | None,
