@@ -301,4 +301,31 @@ def _conditioning(ex: Exchange, index: int) -> bytes:
         n = body.get("n")
         n = n if type(n) is int and n > 0 else 1
         picked["prompt"] = prompt[min(index // n, len(prompt) - 1)]
-    return orjson.dumps(picked, option=orjson.OPT_SORT_KEYS)
+    return orjson.dumps(_canonical(picked), option=orjson.OPT_SORT_KEYS)
+
+
+def _text_parts(content: Any) -> Any:
+    """A message's content as one string when it is only text, whatever shape it came in."""
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+        for p in content
+    ):
+        return "".join(p["text"] for p in content)
+    return content
+
+
+def _canonical(picked: dict[str, Any]) -> dict[str, Any]:
+    """Spellings of the same request made equal, so they draw the same noise: a message's
+    text as a string or as text parts, and a prompt as a string or a one-item list. (Case and
+    whitespace are left alone: tokenizers see them, so the distribution may really differ.)"""
+    out = dict(picked)
+    messages = out.get("messages")
+    if isinstance(messages, list):
+        out["messages"] = [
+            {**m, "content": _text_parts(m.get("content"))} if isinstance(m, dict) else m
+            for m in messages
+        ]
+    prompt = out.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        out["prompt"] = prompt[0]
+    return out

@@ -275,3 +275,20 @@ def test_malformed_logprobs_pass(odd: Any) -> None:
     body = {"choices": [{"index": 0, "logprobs": copy.deepcopy(odd)}, "junk"]}
     LogprobGuard(SECRET).on_json(exchange(logprob_noise=0.5), body)
     assert body["choices"][0]["logprobs"] == odd
+
+
+def test_spellings_of_one_request_draw_the_same_noise() -> None:
+    from gateway.stages.logprobs import _canonical
+
+    as_string = {"messages": [{"role": "user", "content": "hi there"}]}
+    as_parts = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}],
+            }
+        ]
+    }
+    assert _canonical(as_string) == _canonical(as_parts)
+    assert _canonical({"prompt": ["abc"]}) == _canonical({"prompt": "abc"})
+    assert _canonical({"prompt": "abc"}) != _canonical({"prompt": "ABC"})
