@@ -12,19 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import tempfile
-import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
-import uvicorn
 import yaml
 
 from gateway.app import create_app
@@ -32,6 +28,7 @@ from gateway.identity import client_id_for
 from gateway.keys import KeySpace
 from gateway.ratelimit.limiter import Limiter
 from gateway.settings import Settings
+from sim.loopback import serve_app
 
 KEY_SECRET = "bench-extraction-secret"
 UNLIMITED = {
@@ -43,41 +40,6 @@ UNLIMITED = {
 """Limits that never deny: the benchmarks measure the controls, not the rate limits."""
 
 Json = dict[str, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def serve_app(app: Any) -> Iterator[str]:
-    """Serves an ASGI app on 127.0.0.1 in a daemon thread; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        loop="asyncio",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def client_id(key: str) -> str:
