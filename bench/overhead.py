@@ -65,8 +65,8 @@ HIGH_LIMITS = {
     "tokens_per_day": 1_000_000_000_000_000,
     "max_concurrent": 10_000,
 }
-TARGETS = ("direct", "nginx", "embedded", "redis")
-GATEWAYS = ("embedded", "redis")
+TARGETS = ("direct", "nginx", "embedded", "redis", "embedded-no-detector")
+GATEWAYS = ("embedded", "redis", "embedded-no-detector")
 KEY_MODES = ("one", "many")
 JSON_MARK = "BENCH_JSON "
 
@@ -295,9 +295,10 @@ def nginx_proxy(tmp: Path, upstream: str) -> Iterator[Target]:
         yield Target("nginx", url, facts={"nginx": version.stderr.strip().split("/")[-1]})
 
 
-def policy_yaml(prefix: str) -> str:
+def policy_yaml(prefix: str, in_process_detector: bool = True) -> str:
     limits = "\n".join(f"      {k}: {v}" for k, v in HIGH_LIMITS.items())
-    return f"tiers:\n  default:\n    limits:\n{limits}\nstore:\n  key_prefix: {prefix}\n"
+    detector = "" if in_process_detector else "detector:\n  in_process: false\n"
+    return f"tiers:\n  default:\n    limits:\n{limits}\nstore:\n  key_prefix: {prefix}\n{detector}"
 
 
 def antidistill_command() -> list[str]:
@@ -341,7 +342,7 @@ def gateway(tmp: Path, name: str, upstream: str, redis_url: str | None) -> Itera
     prefix = f"bench-{secrets.token_hex(4)}"
     work = tmp / name
     work.mkdir()
-    (work / "policy.yaml").write_text(policy_yaml(prefix))
+    (work / "policy.yaml").write_text(policy_yaml(prefix, name != "embedded-no-detector"))
     port = free_port()
     args = [*antidistill_command(), "serve", "--upstream", upstream, "--port", str(port)]
     args += ["--data-dir", str(work / "data"), "--workers", "1"]
@@ -587,7 +588,10 @@ def add_deltas(rows: list[Row]) -> None:
 
 def _label(row: Row) -> str:
     if row.target in GATEWAYS:
-        redis_kind = "embedded Redis" if row.target == "embedded" else "Redis 127.0.0.1:6379"
+        redis_kind = {
+            "embedded": "embedded Redis",
+            "embedded-no-detector": "embedded Redis, detector in separate workers",
+        }.get(row.target, "Redis 127.0.0.1:6379")
         return f"antidistill, {redis_kind}, {row.keys} key{'s' if row.keys == 'many' else ''}"
     return row.target
 
@@ -841,7 +845,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         url = opts.redis_url if name == "redis" else None
                         target = stack.enter_context(gateway(tmp, name, upstream, url))
                     if "redis" in target.facts:
-                        where = "embedded" if name == "embedded" else opts.redis_url
+                        where = "embedded" if name.startswith("embedded") else opts.redis_url
                         tools[f"Redis ({where})"] = target.facts["redis"]
                     if "nginx" in target.facts:
                         tools["nginx"] = target.facts["nginx"]

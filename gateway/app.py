@@ -19,6 +19,7 @@ from starlette.routing import Route
 from gateway.keys import KeySpace
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
+from gateway.policy import Policy
 from gateway.policy_holder import PolicyHolder
 from gateway.proxy import Proxy
 from gateway.ratelimit.limiter import Limiter
@@ -40,6 +41,7 @@ from gateway.upstream import UpstreamClient
 
 log = logging.getLogger("antidistill")
 
+DETECTOR_REDIS_TIMEOUT_S = 5.0
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 
 
@@ -122,6 +124,7 @@ def create_app(settings: Settings) -> Starlette:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, policies.reload)
+        detector = await _start_detector(app, policy, redis_url, keys, policies)
         log.info(
             "gateway ready",
             extra={
@@ -135,6 +138,11 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             if watcher is not None:
                 watcher.cancel()
+            if detector is not None:
+                detector.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await detector
+                await app.state.detector_redis.aclose()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
             await decisions.close()
@@ -158,4 +166,40 @@ def create_app(settings: Settings) -> Starlette:
     app.state.keys = keys
     app.state.redis = redis
     app.state.limiter = limiter
+    app.state.detector = None
     return app
+
+
+async def _start_detector(
+    app: Starlette, policy: Policy, redis_url: str, keys: KeySpace, policies: PolicyHolder
+) -> asyncio.Task[None] | None:
+    """The in-process detector worker, as a task on the request loop (DESIGN §1).
+
+    It has its own Redis connections (its reads block for up to half a second), creates
+    its consumer group before the gateway takes requests, so no event is missed, and loads
+    the model inside the task, in a thread, so start-up does not wait for it.
+    """
+    if not (policy.detector.enabled and policy.detector.in_process):
+        return None
+    from detectors.worker import DetectorWorker
+
+    redis = connect(redis_url, DETECTOR_REDIS_TIMEOUT_S)
+    app.state.detector_redis = redis
+    worker = DetectorWorker(redis, keys, policies.get)
+    try:
+        await worker.ensure_group()
+    except (RedisError, OSError) as exc:
+        log.warning("detector worker: cannot create its consumer group yet (%s)", exc)
+    app.state.detector = worker
+
+    async def run() -> None:
+        try:
+            await worker.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Off the hot path: the gateway keeps serving (levels stay as they are), and
+            # the failure is logged where operators look.
+            log.exception("detector worker stopped; enforcement levels are no longer updated")
+
+    return asyncio.create_task(run(), name="detector-worker")

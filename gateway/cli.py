@@ -17,11 +17,12 @@ import typer
 from pydantic import SecretStr, ValidationError
 from redis.exceptions import RedisError
 
+from detectors.evaluate import eval_command
+from detectors.train import train_command
 from gateway.identity import client_id_for
 from gateway.keys import KeySpace
 from gateway.policy import Level, Policy
 from gateway.policy_file import PolicyError, load_policy, policy_json_schema
-from gateway.provenance.cli import provenance_app
 from gateway.provenance.cli import provenance_app
 from gateway.settings import Settings, resolve_key_secret
 from sim.traffic.cli import sim_app
@@ -41,8 +42,8 @@ app.add_typer(client_app, name="client")
 app.add_typer(decisions_app, name="decisions")
 app.add_typer(provenance_app, name="provenance")
 app.add_typer(sim_app, name="sim")
-app.add_typer(provenance_app, name="provenance")
-app.add_typer(sim_app, name="sim")
+app.command("train")(train_command)
+app.command("eval")(eval_command)
 
 RedisOpt = Annotated[
     str | None,
@@ -172,6 +173,71 @@ def app_from_environment() -> object:
     return create_app(settings)
 
 
+@app.command()
+def worker(
+    redis: RedisOpt = None,
+    policy: PolicyOpt = None,
+    consumer: Annotated[
+        str | None,
+        typer.Option(
+            "--consumer",
+            envvar="ANTIDISTILL_CONSUMER",
+            help="Consumer name in the `detector` group (default: host-pid). Reuse a "
+            "name to take over that worker's pending entries at once.",
+        ),
+    ] = None,
+    data_dir: DataDirOpt = Path("var"),
+    log_level: Annotated[str, typer.Option(envvar="ANTIDISTILL_LOG_LEVEL")] = "info",
+) -> None:
+    """Run a detector worker: score clients from the decision log and set their levels.
+
+    Any number of workers share the stream's `detector` consumer group. Set
+    `detector.in_process: false` in the policy when these replace the in-process worker.
+    """
+    from gateway.logs import configure_logging
+    from gateway.metrics import Metrics
+    from gateway.policy_holder import PolicyHolder
+    from gateway.store.connect import EmbeddedRedis, connect
+
+    configure_logging(log_level)
+    _load_policy_or_exit(policy)
+    policies = PolicyHolder(policy, Metrics())
+    keys = KeySpace(policies.current.store.key_prefix)
+    embedded = None if redis else EmbeddedRedis(data_dir / "redis")
+    url = redis or embedded.url  # type: ignore[union-attr]
+
+    async def run() -> None:
+        from detectors.worker import DetectorWorker
+
+        client = connect(url, 5.0)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, policies.reload)
+        watcher = asyncio.create_task(policies.watch(2.0)) if policy is not None else None
+        detector = DetectorWorker(client, keys, policies.get, consumer=consumer, batch_size=1000)
+        try:
+            await detector.run(stop)
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            await client.aclose()
+            typer.echo(
+                f"worker {detector.consumer} stopped: {detector.stats.events} events, "
+                f"{detector.stats.scored} scores, {detector.stats.levels_set} levels set",
+                err=True,
+            )
+
+    try:
+        asyncio.run(run())
+    except (OSError, RedisError) as exc:
+        raise _fail(f"cannot reach Redis at {url}: {exc}") from None
+    finally:
+        if embedded is not None:
+            embedded.close()
+
+
 @app.command("toy-upstream")
 def toy_upstream(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
@@ -264,7 +330,7 @@ def client_set_level(
     data_dir: DataDirOpt = Path("var"),
     policy: PolicyOpt = None,
 ) -> None:
-    """Set a client's enforcement level (the detector does this automatically later)."""
+    """Set a client's enforcement level by hand (the detector never lowers it)."""
     from gateway.ratelimit.limiter import Limiter
 
     ttl_s = parse_duration(ttl)
@@ -346,11 +412,19 @@ def decisions_tail(
 @app.command()
 def demo(
     data_dir: DataDirOpt = Path("var/demo"),
+    toy_upstream: Annotated[
+        bool,
+        typer.Option(
+            "--toy-upstream",
+            help="Use the toy LM as the model server (its answers are short whatever is "
+            "asked) instead of the replay upstream.",
+        ),
+    ] = False,
 ) -> None:
-    """Start the toy upstream and the gateway, send a mix of traffic, print the decisions."""
+    """Simulated users and harvesters through a live gateway: who gets flagged, and why."""
     from gateway.demo import run_demo
 
-    raise typer.Exit(run_demo(data_dir))
+    raise typer.Exit(run_demo(data_dir, toy=toy_upstream))
 
 
 def _text(value: bytes | str) -> str:

@@ -1,24 +1,38 @@
-"""``antidistill demo``: the whole gateway at work on one machine, start to stop.
+"""``antidistill demo``: the mission on one machine — harvesters caught, users left alone.
 
-Starts the toy upstream and a gateway (embedded Redis) as child processes, sends a short
-mix of traffic through it, prints what the gateway decided, and stops both cleanly.
+Starts the toy upstream and a gateway (embedded Redis, the default policy's detector
+running in-process) as child processes, then sends simulated traffic through the real
+gateway: benign clients (chat users, coding assistants, an app backend) and harvesting
+clients (self-instruct, reasoning elicitation, a logprob sweep), each from the traffic
+simulator (``sim.traffic``), all at once. It prints when each attacker was flagged and
+what it was answered from then on, the flagged-client summary with reason codes, and a
+short tail of the decision log; then stops both processes. About a minute; no torch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
 from gateway.identity import client_id_for
 from gateway.keys import KeySpace
@@ -27,19 +41,99 @@ from gateway.ratelimit.limiter import Limiter
 from gateway.settings import resolve_key_secret
 from gateway.store.connect import EmbeddedRedis
 from gateway.store.reader import format_event, read_latest
+from sim.traffic.client import SimClient
 
+ENFORCED = ("degrade", "throttle", "block")
+# (scenario, clients, seed)
+BENIGN = (
+    ("chat_user", 3, 21),
+    ("coding_assistant", 2, 22),
+    ("app_backend", 2, 23),
+    ("eval_harness", 1, 24),
+)
+ATTACKS = (("self_instruct", 1, 31), ("reasoning_elicitation", 1, 32), ("logprob_sweep", 1, 33))
+SPEED = 80.0  # simulated seconds per real second
+SIM_S = 1200.0  # 20 simulated minutes: 15 s of real time
+# The default policy, with the default tier's limits multiplied by SPEED (time compression
+# multiplies every client's rate by SPEED; limits scaled with it bind where they would in
+# real time), and a small tier for bob to show rate limiting.
 DEMO_POLICY = """\
 version: 1
 tiers:
   default:
     limits:
+      requests_per_minute: 4800
+      tokens_per_minute: 3200000
+      tokens_per_day: 1000000
+      max_concurrent: 64
+  small:
+    limits:
       requests_per_minute: 8
       tokens_per_minute: 4000
-      tokens_per_day: 100000
-      max_concurrent: 4
 requests:
   max_body_bytes: 65536
+clients:
+  "{bob}":
+    name: bob
+    tier: small
 """
+
+
+def _body_key(body: dict[str, Any]) -> str:
+    return hashlib.sha256(
+        orjson.dumps(body.get("messages"), option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+
+
+def replay_upstream(clients: Sequence[SimClient]) -> Starlette:
+    """An OpenAI-shaped upstream that answers each simulated request with the number of
+    tokens the simulator planned for it (usage reported, streamed or not)."""
+    plan: dict[str, tuple[int, int]] = {}
+    for c in clients:
+        for record, body in zip(c.records, c.bodies or (), strict=True):
+            plan[_body_key(body)] = (record.prompt_tokens, record.completion_tokens)
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "toy-lm", "object": "model"}]})
+
+    async def chat(request: Request) -> Response:
+        body = await request.json()
+        prompt, completion = plan.get(_body_key(body), (20, 16))
+        if isinstance(body.get("max_tokens"), int):
+            completion = max(1, min(completion, body["max_tokens"]))
+        text = " ".join(["word"] * min(completion, 32))
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        meta = {"id": "chatcmpl-replay", "created": 0, "model": "toy-lm"}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": text}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            return JSONResponse(
+                {**meta, "object": "chat.completion", "choices": [choice], "usage": usage}
+            )
+
+        async def events() -> AsyncIterator[bytes]:
+            chunk = {**meta, "object": "chat.completion.chunk"}
+            delta = {"role": "assistant", "content": text}
+            for piece in (
+                {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+                {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                {**chunk, "choices": [], "usage": usage},
+            ):
+                yield b"data: " + orjson.dumps(piece) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/chat/completions", chat, methods=["POST"]),
+        ]
+    )
 
 
 def _free_port() -> int:
@@ -90,62 +184,111 @@ def _chat(content: str, **extra: object) -> dict[str, object]:
     }
 
 
-def _traffic(gw: str, client: httpx.Client) -> Counter[str]:
-    """The demo's traffic mix; returns a count of HTTP statuses seen."""
-    seen: Counter[str] = Counter()
+@dataclass
+class _Client:
+    """One simulated client as the gateway saw it."""
 
-    def post(
-        key: str | None,
-        body: object = None,
-        raw: bytes | None = None,
-        path: str = "/v1/chat/completions",
-    ) -> httpx.Response:
-        headers = {"authorization": f"Bearer {key}"} if key else {}
-        r = (
-            client.post(gw + path, json=body, headers=headers)
-            if raw is None
-            else client.post(
-                gw + path, content=raw, headers={**headers, "content-type": "application/json"}
-            )
-        )
-        seen[str(r.status_code)] += 1
-        return r
+    name: str  # the API key the live driver used: sim-<family>-<n>
+    family: str
+    attack: bool
+    client_id: str
 
-    _say("\n1. alice chats normally (3 requests, one streamed):")
-    for prompt in ("how was your weekend", "what do you like to cook"):
-        r = post("demo-alice", _chat(prompt))
-        _say(f"   {r.status_code}  {r.json()['choices'][0]['message']['content'][:60]!r}")
-    with client.stream(
-        "POST",
-        gw + "/v1/chat/completions",
-        json=_chat("tell me about music", stream=True),
-        headers={"authorization": "Bearer demo-alice"},
-    ) as r:
-        chunks = sum(1 for line in r.iter_lines() if line.startswith("data: "))
-        seen[str(r.status_code)] += 1
-    _say(f"   {r.status_code}  streamed {chunks} server-sent events")
 
-    _say("\n2. bob fires 12 requests at once (limit: 8 per minute):")
-    statuses = [post("demo-bob", _chat(f"question {i}")) for i in range(12)]
-    counts = Counter(r.status_code for r in statuses)
-    last = next((r for r in statuses if r.status_code == 429), None)
+def _simulate() -> list[SimClient]:
+    from sim.traffic import generate
+
+    sims: list[SimClient] = []
+    for scenario, n, seed in (*BENIGN, *ATTACKS):
+        sims += generate(scenario, seed=seed, clients=n, duration_s=SIM_S, keep_bodies=True)
+    return sims
+
+
+def _mission(gw: str, sims: list[SimClient], secret: bytes) -> list[_Client]:
+    from sim.traffic.live import run as drive
+
+    benign = sorted({s.family for s in sims if not s.attack})
+    attacks = sorted({s.family for s in sims if s.attack})
     _say(
-        f"   {dict(counts)}"
-        + (f"; 429 says Retry-After: {last.headers['retry-after']}s" if last else "")
+        f"\n1. {len(sims)} simulated clients at once, {SIM_S / 60:.0f} simulated minutes "
+        f"{SPEED:.0f}x faster (`antidistill sim run`'s driver):"
     )
+    _say(f"   benign:     {', '.join(benign)}")
+    _say(f"   harvesting: {', '.join(attacks)}")
+    result = asyncio.run(drive(gw, sims, speed=SPEED, duration_s=90, concurrency=8))
+    _say(f"   sent {result.sent} requests in {result.elapsed_s:.1f}s")
+    return [_Client(k.key, k.family, k.attack, client_id_for(k.key, secret)) for k in result.keys]
 
-    _say("\n3. bad input:")
-    for label, r in (
-        ("malformed JSON", post("demo-alice", raw=b"{oops")),
-        ("no API key", post(None, _chat("hi"))),
-        ("100 kB body", post("demo-alice", raw=b'{"x":"' + b"a" * 100_000 + b'"}')),
-        ("unknown path", post("demo-alice", _chat("hi"), path="/v1/secret")),
+
+async def _report(redis_url: str, keys: KeySpace, clients: list[_Client]) -> tuple[int, int]:
+    """The flagged-client summary; returns (attackers enforced upon, benign clients flagged)."""
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        limiter = Limiter(redis)
+        _, events = await read_latest(redis, keys, 50_000)
+        rows = []
+        for c in clients:
+            stored = await limiter.get_level(keys.level(c.client_id))
+            detector = await redis.hgetall(f"{keys.client_tag(c.client_id)}:detector")
+            raw = detector.get(b"score")
+            score = raw.decode() if isinstance(raw, bytes) else "-"
+            mine = [e for e in events if e.client == c.client_id]
+            statuses = Counter(e.status for e in mine)
+            lag = "-"
+            for i, e in enumerate(mine):
+                if e.level in ENFORCED or e.status == 403:
+                    lag = f"{i + 1} / {(e.ts - mine[0].ts) / 1000:.1f}s"
+                    break
+            rows.append((c, statuses, stored.level, score, lag, ",".join(stored.reasons) or "-"))
+    finally:
+        await redis.aclose()
+    _say("\nFlagged-client summary (lag: requests / seconds from the client's first request to")
+    _say("the first one answered at degrade or above; clients under 20 requests are not scored):")
+    _say(
+        f"   {'client':<28}{'truth':<8}{'sent':>5}{'200':>5}{'403':>5}{'429':>5}  "
+        f"{'level':<9}{'score':>6}  {'lag':<12}reasons"
+    )
+    for c, statuses, level, score, lag, reasons in sorted(
+        rows, key=lambda r: (not r[0].attack, r[0].name)
     ):
-        _say(f"   {label:<15} -> {r.status_code} {r.json()['error']['code']}")
-    return seen
+        _say(
+            f"   {c.name:<28}{'attack' if c.attack else 'benign':<8}"
+            f"{sum(statuses.values()):>5}{statuses[200]:>5}{statuses[403]:>5}{statuses[429]:>5}  "
+            f"{level:<9}{score:>6}  {lag:<12}{reasons}"
+        )
+    caught = sum(1 for c, _, level, *_ in rows if c.attack and level in ENFORCED)
+    flagged = sum(1 for c, _, level, *_ in rows if not c.attack and level != "allow")
+    return caught, flagged
 
 
-async def _block_and_report(redis_url: str, keys: KeySpace, client_id: str) -> None:
+def _limits_and_operator(gw: str, redis_url: str, keys: KeySpace, secret: bytes) -> None:
+    with httpx.Client(timeout=60) as client:
+        _say("\n2. rate limits still apply: bob (tier 'small', 8 per minute) fires 12 at once:")
+        statuses = [
+            client.post(
+                gw + "/v1/chat/completions",
+                json=_chat(f"question {i}"),
+                headers={"authorization": "Bearer demo-bob"},
+            )
+            for i in range(12)
+        ]
+        counts = Counter(r.status_code for r in statuses)
+        last = next((r for r in statuses if r.status_code == 429), None)
+        _say(
+            f"   {dict(counts)}"
+            + (f"; 429 says Retry-After: {last.headers['retry-after']}s" if last else "")
+        )
+        carol = client_id_for("demo-carol", secret)
+        _say(f"\n3. an operator blocks carol ({carol[:12]}…) with `antidistill client set-level`:")
+        asyncio.run(_block(redis_url, keys, carol))
+        r = client.post(
+            gw + "/v1/chat/completions",
+            json=_chat("hello"),
+            headers={"authorization": "Bearer demo-carol"},
+        )
+        _say(f"   {r.status_code} {r.json()['error']['code']}")
+
+
+async def _block(redis_url: str, keys: KeySpace, client_id: str) -> None:
     redis = aioredis.Redis.from_url(redis_url)
     try:
         await Limiter(redis).set_level(keys.level(client_id), "block", ["operator:demo"], 600)
@@ -159,33 +302,79 @@ async def _print_log(redis_url: str, keys: KeySpace, count: int) -> None:
         _, events = await read_latest(redis, keys, count)
     finally:
         await redis.aclose()
-    _say(f"\nDecision log ({len(events)} events, newest last):")
+    _say(f"\nDecision log, the last {len(events)} events:")
     for event in events:
         _say("   " + format_event(event, as_json=False))
-    by = Counter((e.client[:12], e.decision, e.status) for e in events)
-    _say("\nSummary (client, decision, status: count):")
-    for (client, decision, status), n in sorted(by.items()):
-        _say(f"   {client:<12}  {decision:<8} {status}: {n}")
 
 
-def run_demo(data_dir: Path) -> int:
-    """Run the demo; returns the process exit code."""
+@contextmanager
+def _serve_in_thread(app: Starlette, port: int) -> Iterator[None]:
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+@contextmanager
+def _upstream(toy: bool, sims: list[SimClient], port: int, data_dir: Path) -> Iterator[str]:
+    """The model server: the toy LM (a child process), or the replay upstream (a thread)."""
+    url = f"http://127.0.0.1:{port}"
+    if toy:
+        with _process(["toy-upstream", "--port", str(port)], data_dir / "upstream.log") as proc:
+            _wait(url + "/v1/models", proc)
+            yield url
+        return
+    with _serve_in_thread(replay_upstream(sims), port):
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(url + "/v1/models", timeout=1.0)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replay upstream did not start") from None
+                time.sleep(0.05)
+        yield url
+
+
+def run_demo(data_dir: Path, toy: bool = False) -> int:
+    """Run the demo; returns the process exit code.
+
+    The model server is a *replay upstream* that answers each simulated request with as
+    many tokens as the simulator planned for it (a production model asked for detailed
+    answers writes hundreds of tokens); with ``toy`` it is the toy LM, whose answers are a
+    few dozen tokens whatever is asked — which hides part of what harvesting looks like.
+    """
+    started = time.monotonic()
     if data_dir.exists():
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
-    policy_path = data_dir / "demo-policy.yaml"
-    policy_path.write_text(DEMO_POLICY)
-    keys = KeySpace(parse_policy(DEMO_POLICY).store.key_prefix)
     secret = resolve_key_secret(None, data_dir)
+    policy_text = DEMO_POLICY.format(bob=client_id_for("demo-bob", secret))
+    policy_path = data_dir / "demo-policy.yaml"
+    policy_path.write_text(policy_text)
+    keys = KeySpace(parse_policy(policy_text).store.key_prefix)
     up_port, gw_port = _free_port(), _free_port()
-    up, gw = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{gw_port}"
-    _say(f"antidistill demo — toy model server on {up}, gateway on {gw}, data in {data_dir}")
+    gw = f"http://127.0.0.1:{gw_port}"
+    model = "toy LM" if toy else "replay upstream (answers as long as the simulator planned)"
+    _say(f"antidistill demo — model server: {model}; gateway on {gw}; data in {data_dir}")
+    try:
+        sims = _simulate()
+    except ImportError as exc:
+        _say(f"demo needs the traffic simulator's text: pip install 'antidistill[sim]' ({exc})")
+        return 1
     embedded = EmbeddedRedis(data_dir / "redis")
     try:
         with (
-            _process(
-                ["toy-upstream", "--port", str(up_port)], data_dir / "toy-upstream.log"
-            ) as up_proc,
+            _upstream(toy, sims, up_port, data_dir) as up,
             _process(
                 [
                     "serve",
@@ -205,29 +394,20 @@ def run_demo(data_dir: Path) -> int:
                 data_dir / "gateway.log",
             ) as gw_proc,
         ):
-            _wait(up + "/v1/models", up_proc)
             _wait(gw + "/readyz", gw_proc)
-            with httpx.Client(timeout=60) as client:
-                seen = _traffic(gw, client)
-                carol = client_id_for("demo-carol", secret)
-                _say(
-                    f"\n4. an operator blocks carol ({carol[:12]}…) "
-                    "with `antidistill client set-level`:"
-                )
-                asyncio.run(_block_and_report(embedded.url, keys, carol))
-                r = client.post(
-                    gw + "/v1/chat/completions",
-                    json=_chat("hello"),
-                    headers={"authorization": "Bearer demo-carol"},
-                )
-                seen[str(r.status_code)] += 1
-                _say(f"   {r.status_code} {r.json()['error']['code']}")
+            clients = _mission(gw, sims, secret)
+            time.sleep(1.0)  # the last decisions reach the log and the detector
+            caught, flagged = asyncio.run(_report(embedded.url, keys, clients))
+            _limits_and_operator(gw, embedded.url, keys, secret)
             time.sleep(0.5)  # the decision log is written just after each response
-            asyncio.run(_print_log(embedded.url, keys, sum(seen.values())))
+            asyncio.run(_print_log(embedded.url, keys, 6))
+        attackers = sum(1 for c in clients if c.attack)
+        benign = len(clients) - attackers
         _say(
-            "\nStopped the gateway and the toy model server. Logs: "
-            f"{data_dir / 'gateway.log'}, {data_dir / 'toy-upstream.log'}"
+            f"\nResult: {caught}/{attackers} harvesting clients degraded or blocked; "
+            f"{flagged}/{benign} benign clients flagged. ({time.monotonic() - started:.0f}s)"
         )
+        _say(f"Stopped the gateway and the model server. Logs in {data_dir}.")
         return 0
     except (RuntimeError, httpx.HTTPError, KeyError, ValueError) as exc:
         _say(f"demo failed: {exc}; see the logs in {data_dir}")

@@ -7,6 +7,7 @@ built-in default that ``policies/default.yaml`` spells out with comments.
 
 from __future__ import annotations
 
+import itertools
 from enum import StrEnum
 from typing import Annotated, Literal
 
@@ -175,6 +176,79 @@ class Upstream(_Model):
     max_connections: PositiveInt = 256
 
 
+class DetectorThresholds(_Model):
+    """Detector score (0..1) at which each enforcement level starts; non-decreasing.
+
+    On the shipped model, a score of about 0.5 is a client-level false-positive rate of
+    1 % on benign simulated traffic and about 0.85 one of 0.1 to 0.3 % (the artifact's
+    ``threshold_by_fpr``): ``watch`` costs a flagged honest client little, ``block``
+    needs near certainty. Set a level's threshold above 1 to never reach it.
+    """
+
+    watch: Annotated[float, Field(ge=0)] = 0.5
+    degrade: Annotated[float, Field(ge=0)] = 0.7
+    throttle: Annotated[float, Field(ge=0)] = 0.85
+    block: Annotated[float, Field(ge=0)] = 0.97
+
+    @model_validator(mode="after")
+    def _non_decreasing(self) -> DetectorThresholds:
+        values = [self.watch, self.degrade, self.throttle, self.block]
+        if any(a > b for a, b in itertools.pairwise(values)):
+            raise ValueError("thresholds must not decrease from watch to block")
+        return self
+
+
+class Detector(_Model):
+    """The harvesting detector: a worker scores each client's recent requests and sets its
+    enforcement level by the ladder below (``shadow: true`` only logs the would-be level)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Score clients and set their levels (a running worker pauses while "
+        "false; the in-process worker starts only if true when `serve` starts).",
+    )
+    in_process: bool = Field(
+        default=True,
+        description="Run the worker inside `serve` (one per process, sharing the consumer "
+        "group); false: run `antidistill worker` processes instead. Read at start.",
+    )
+    thresholds: DetectorThresholds = DetectorThresholds()
+    hysteresis: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.1,
+        description="A level is kept until the score falls below its threshold minus this.",
+    )
+    min_hold_s: Annotated[float, Field(ge=0)] = Field(
+        default=600.0,
+        description="A level the detector raised is not lowered before it has been held "
+        "this long, whatever the score.",
+    )
+    level_ttl_s: PositiveFloat = Field(
+        default=3600.0,
+        description="A level the detector sets expires after this unless scoring renews it.",
+    )
+    min_requests: Annotated[int, Field(ge=1)] | None = Field(
+        default=None,
+        description="Requests a client needs before it is scored; null: the model's own.",
+    )
+    window_size: Annotated[int, Field(ge=8, le=10_000)] = Field(
+        default=256, description="Most recent requests per client that are scored."
+    )
+    score_every_requests: PositiveInt = Field(
+        default=8, description="Score a client again after this many new requests ..."
+    )
+    score_every_s: PositiveFloat = Field(
+        default=2.0, description="... or this many seconds, whichever comes first."
+    )
+    campaigns: bool = Field(
+        default=True,
+        description="Link clients into campaigns (shared templates, timing, IP, fingerprint) "
+        "and raise every linked account to the campaign's level.",
+    )
+    campaign_interval_s: PositiveFloat = Field(
+        default=15.0, description="How often campaign linking runs over the active windows."
+    )
+
+
 class Policy(_Model):
     """A whole policy file."""
 
@@ -196,6 +270,7 @@ class Policy(_Model):
     store: Store = Store()
     requests: Requests = Requests()
     upstream: Upstream = Upstream()
+    detector: Detector = Detector()
 
     @field_validator("routes")
     @classmethod

@@ -72,6 +72,7 @@ class DecisionLog:
         batch_size: int = 512,
         retry_after_failure_s: float = 1.0,
         deadline_s: float | None = None,
+        linger_s: float = 0.005,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -89,6 +90,7 @@ class DecisionLog:
         self._replayed = 0
         self._writing = asyncio.Lock()
         self._deadline_s = deadline_s
+        self._linger_s = linger_s
         self._clock_offset_ms: float | None = None  # Redis TIME minus local time
         self._record_source = _RECORD_LUA
         self._record_sha = hashlib.sha1(_RECORD_LUA.encode(), usedforsecurity=False).hexdigest()
@@ -158,6 +160,10 @@ class DecisionLog:
                         self._failed(exc)
                 continue
             batch = [first]
+            if self._linger_s > 0 and self._queue.qsize() < self._batch_size - 1:
+                # Let a few more events arrive: one script call per handful of requests
+                # instead of one per request, when traffic is light.
+                await asyncio.sleep(self._linger_s)
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
