@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from detectors.schema import RequestFeatures, RequestRecord
 from detectors.worker import GROUP, DetectorWorker, Models, pack, unpack
 from gateway.keys import KeySpace
-from gateway.store.connect import connect
 from gateway.policy import Policy
 from gateway.ratelimit.limiter import Limiter
+from gateway.store.connect import connect
 from gateway.store.events import DecisionEvent
 
 ATTACKER = "a" * 64
