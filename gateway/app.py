@@ -140,8 +140,7 @@ def create_app(settings: Settings) -> Starlette:
                 watcher.cancel()
             if detector is not None:
                 detector.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await detector
+                await asyncio.wait({detector})  # a failure was logged when it happened
                 await app.state.detector_redis.aclose()
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signal.SIGHUP)
@@ -192,14 +191,19 @@ async def _start_detector(
         log.warning("detector worker: cannot create its consumer group yet (%s)", exc)
     app.state.detector = worker
 
-    async def run() -> None:
-        try:
-            await worker.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            # Off the hot path: the gateway keeps serving (levels stay as they are), and
-            # the failure is logged where operators look.
-            log.exception("detector worker stopped; enforcement levels are no longer updated")
+    task = asyncio.create_task(worker.run(), name="detector-worker")
+    task.add_done_callback(_report_detector_exit)
+    return task
 
-    return asyncio.create_task(run(), name="detector-worker")
+
+def _report_detector_exit(task: asyncio.Task[None]) -> None:
+    """The worker is off the hot path: if it dies the gateway keeps serving (levels stay as
+    they are), and the failure goes to the log, where operators look."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error(
+            "detector worker stopped; enforcement levels are no longer updated",
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -19,9 +18,17 @@ from redis.exceptions import RedisError
 
 from detectors.evaluate import eval_command
 from detectors.train import train_command
+from gateway.cli_support import (
+    DataDirOpt,
+    PolicyOpt,
+    RedisOpt,
+    fail,
+    load_policy_or_exit,
+    with_redis,
+)
 from gateway.identity import client_id_for
 from gateway.keys import KeySpace
-from gateway.policy import Level, Policy
+from gateway.policy import Level
 from gateway.policy_file import PolicyError, load_policy, policy_json_schema
 from gateway.provenance.cli import provenance_app
 from gateway.settings import Settings, resolve_key_secret
@@ -45,25 +52,6 @@ app.add_typer(sim_app, name="sim")
 app.command("train")(train_command)
 app.command("eval")(eval_command)
 
-RedisOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--redis",
-        envvar="ANTIDISTILL_REDIS",
-        help="Redis URL; the embedded server in --data-dir if unset.",
-    ),
-]
-DataDirOpt = Annotated[
-    Path,
-    typer.Option(
-        "--data-dir", envvar="ANTIDISTILL_DATA_DIR", help="Embedded Redis data, spool, key secret."
-    ),
-]
-PolicyOpt = Annotated[
-    Path | None,
-    typer.Option("--policy", envvar="ANTIDISTILL_POLICY", help="Policy YAML (for its key prefix)."),
-]
-
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
@@ -76,20 +64,6 @@ def parse_duration(text: str) -> float | None:
         raise typer.BadParameter(f"{text!r} is not a duration like 30s, 10m, 1h30m or 2d")
     d, h, m, s = (int(g) if g else 0 for g in match.groups())
     return float(d * 86400 + h * 3600 + m * 60 + s)
-
-
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(message, err=True)
-    return typer.Exit(code)
-
-
-def _load_policy_or_exit(path: Path | None) -> Policy:
-    if path is None:
-        return Policy()
-    try:
-        return load_policy(path)
-    except PolicyError as exc:
-        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -129,8 +103,8 @@ def serve(
             }
         )
     except ValidationError as exc:
-        raise _fail(f"invalid settings:\n{exc}") from None
-    _load_policy_or_exit(settings.policy)
+        raise fail(f"invalid settings:\n{exc}") from None
+    load_policy_or_exit(settings.policy)
     # Created once here, before any worker starts, so all workers agree on client ids.
     resolve_key_secret(settings.key_secret, settings.data_dir)
     embedded = EmbeddedRedis(settings.data_dir / "redis") if settings.redis is None else None
@@ -200,7 +174,7 @@ def worker(
     from gateway.store.connect import EmbeddedRedis, connect
 
     configure_logging(log_level)
-    _load_policy_or_exit(policy)
+    load_policy_or_exit(policy)
     policies = PolicyHolder(policy, Metrics())
     keys = KeySpace(policies.current.store.key_prefix)
     embedded = None if redis else EmbeddedRedis(data_dir / "redis")
@@ -232,7 +206,7 @@ def worker(
     try:
         asyncio.run(run())
     except (OSError, RedisError) as exc:
-        raise _fail(f"cannot reach Redis at {url}: {exc}") from None
+        raise fail(f"cannot reach Redis at {url}: {exc}") from None
     finally:
         if embedded is not None:
             embedded.close()
@@ -290,34 +264,6 @@ def policy_schema() -> None:
     typer.echo(policy_json_schema())
 
 
-RedisJob = Callable[[aioredis.Redis, KeySpace], Awaitable[None]]
-
-
-def _with_redis(redis: str | None, data_dir: Path, policy: Path | None, job: RedisJob) -> None:
-    """Run ``job`` against --redis, or the embedded server of --data-dir (attached if a
-    gateway runs there, started otherwise)."""
-    from gateway.store.connect import EmbeddedRedis
-
-    keys = KeySpace(_load_policy_or_exit(policy).store.key_prefix)
-    embedded = None if redis else EmbeddedRedis(data_dir / "redis")
-    url = redis or embedded.url  # type: ignore[union-attr]
-
-    async def run() -> None:
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
-        try:
-            await job(client, keys)
-        finally:
-            await client.aclose()
-
-    try:
-        asyncio.run(run())
-    except (OSError, RedisError) as exc:
-        raise _fail(f"cannot reach Redis at {url}: {exc}") from None
-    finally:
-        if embedded is not None:
-            embedded.close()
-
-
 @client_app.command("set-level")
 def client_set_level(
     client: Annotated[str, typer.Argument(help="Client id (see `antidistill keys hash`).")],
@@ -345,7 +291,7 @@ def client_set_level(
             + (f", expires in {ttl}" if ttl_s else ", no expiry")
         )
 
-    _with_redis(redis, data_dir, policy, job)
+    with_redis(redis, data_dir, policy, job)
 
 
 @client_app.command("show")
@@ -374,7 +320,7 @@ def client_show(
             ).decode()
         )
 
-    _with_redis(redis, data_dir, policy, job)
+    with_redis(redis, data_dir, policy, job)
 
 
 @decisions_app.command("tail")
@@ -404,7 +350,7 @@ def decisions_tail(
                 typer.echo(format_event(event, as_json))
 
     try:
-        _with_redis(redis, data_dir, policy, job)
+        with_redis(redis, data_dir, policy, job)
     except KeyboardInterrupt:
         raise typer.Exit(0) from None
 

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 import typer
 from pydantic import SecretStr
 
+from gateway.cli_support import DataDirOpt, RedisOpt, with_redis
 from gateway.keys import KeySpace
 from gateway.provenance import provenance_key
 from gateway.provenance.dawn import (
@@ -32,20 +33,6 @@ provenance_app = typer.Typer(
     help="Test a suspect model for a client's provenance marks.", no_args_is_help=True
 )
 
-RedisOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--redis",
-        envvar="ANTIDISTILL_REDIS",
-        help="Redis URL; the embedded server in --data-dir if unset.",
-    ),
-]
-DataDirOpt = Annotated[
-    Path,
-    typer.Option(
-        "--data-dir", envvar="ANTIDISTILL_DATA_DIR", help="Embedded Redis data, key secret."
-    ),
-]
 AlphaOpt = Annotated[
     float,
     typer.Option("--alpha", min=0.0, max=1.0, help="Significance level of the verdict."),
@@ -141,7 +128,6 @@ def verify(
     ] = None,
 ) -> None:
     """Ask a suspect model the client's DAWN-marked inputs: did it learn from them?"""
-    from gateway.cli import _with_redis
 
     url = endpoint.rstrip("/") + route
 
@@ -190,7 +176,7 @@ def verify(
         )
         typer.echo(_verdict(result.log_p, alpha, what))
 
-    _with_redis(redis, data_dir, policy, job)
+    with_redis(redis, data_dir, policy, job)
 
 
 def _documents(path: Path, jsonl: bool) -> list[str]:
