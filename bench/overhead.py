@@ -25,18 +25,14 @@ during an extra, unreported run and the collapsed stacks are written to DIR.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime as dt
 import json
 import os
-import platform
-import re
 import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,16 +45,22 @@ from pathlib import Path
 
 import redis
 
+from bench.overhead_load import Load, python_load, wrk_load
+from bench.overhead_report import (
+    BENCHMARKS,
+    GATEWAYS,
+    Row,
+    add_deltas,
+    benchmarks_section,
+    machine_facts,
+    table,
+    verdicts,
+    write_benchmarks,
+)
+from sim.loopback import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "overhead.json"
-BENCHMARKS = ROOT / "BENCHMARKS.md"
-START, END = "<!-- overhead:start -->", "<!-- overhead:end -->"
-CHAT_PATH = "/v1/chat/completions"
-CHAT_BODY = (
-    '{"model":"stub","messages":[{"role":"user","content":"Say hello in two words."}],'
-    '"max_tokens":16}'
-)
-BENCH_KEY = "bench-key"
 HIGH_LIMITS = {
     "requests_per_minute": 1_000_000_000,
     "tokens_per_minute": 1_000_000_000_000,
@@ -66,76 +68,7 @@ HIGH_LIMITS = {
     "max_concurrent": 10_000,
 }
 TARGETS = ("direct", "nginx", "embedded", "redis", "embedded-no-detector")
-GATEWAYS = ("embedded", "redis", "embedded-no-detector")
 KEY_MODES = ("one", "many")
-JSON_MARK = "BENCH_JSON "
-
-# --- wrk script -----------------------------------------------------------------------------
-
-WRK_LUA = """
-wrk.method = "POST"
-wrk.body = [[%(body)s]]
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer %(key)s"
-local many = %(many)s
-local threads = {}
-local counter = 0
-
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
-
-if many then
-  function request()
-    counter = counter + 1
-    wrk.headers["Authorization"] = "Bearer bench-" .. tid .. "-" .. counter
-    return wrk.format()
-  end
-end
-
-function done(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    '%(mark)s{"requests":%%d,"duration_us":%%d,"errors":%%d,'
-    .. '"p50_us":%%d,"p90_us":%%d,"p99_us":%%d,"max_us":%%d}\\n',
-    summary.requests, summary.duration,
-    e.connect + e.read + e.write + e.status + e.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
-end
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class Load:
-    requests: int
-    duration_s: float
-    errors: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.duration_s if self.duration_s else 0.0
-
-
-@dataclass(slots=True)
-class Row:
-    target: str
-    keys: str
-    concurrency: int
-    requests: int
-    rps: float
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
-    errors: int
-    events: int | None = None
-    added_p50_ms: float | None = None
-    added_p99_ms: float | None = None
 
 
 @dataclass(slots=True)
@@ -149,13 +82,6 @@ class Target:
 
 
 # --- processes ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], status: int = 200) -> None:
@@ -408,94 +334,6 @@ def settled_length(url: str, stream: str, timeout_s: float = 30.0) -> int:
 # --- load generators ------------------------------------------------------------------------
 
 
-def wrk_load(
-    url: str, concurrency: int, threads: int, duration_s: float, many: bool, tmp: Path
-) -> Load:
-    script = tmp / f"wrk-{'many' if many else 'one'}.lua"
-    script.write_text(
-        WRK_LUA
-        % {
-            "body": CHAT_BODY,
-            "key": BENCH_KEY,
-            "many": "true" if many else "false",
-            "mark": JSON_MARK,
-        }
-    )
-    exe = shutil.which("wrk")
-    assert exe is not None
-    args = [exe, "-t", str(min(threads, concurrency)), "-c", str(concurrency)]
-    args += ["-d", f"{max(1, round(duration_s))}s", "--timeout", "10s", "-s", str(script)]
-    args.append(url + CHAT_PATH)
-    done = subprocess.run(
-        args, capture_output=True, text=True, check=False, timeout=duration_s + 60
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith(JSON_MARK):
-            raw = json.loads(line[len(JSON_MARK) :])
-            return Load(
-                requests=raw["requests"],
-                duration_s=raw["duration_us"] / 1e6,
-                errors=raw["errors"],
-                p50_ms=raw["p50_us"] / 1000,
-                p90_ms=raw["p90_us"] / 1000,
-                p99_ms=raw["p99_us"] / 1000,
-                max_ms=raw["max_us"] / 1000,
-            )
-    raise RuntimeError(
-        f"wrk printed no result (rc {done.returncode}):\n{done.stdout}\n{done.stderr}"
-    )
-
-
-def python_load(url: str, concurrency: int, duration_s: float, many: bool) -> Load:
-    """A closed-loop aiohttp load generator: slower than wrk, so it flatters no target."""
-    import aiohttp
-
-    async def run() -> Load:
-        latencies: list[float] = []
-        errors = 0
-        connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            start = time.perf_counter()
-            deadline = start + duration_s
-
-            async def worker(n: int) -> None:
-                nonlocal errors
-                i = 0
-                while time.perf_counter() < deadline:
-                    i += 1
-                    key = f"bench-{n}-{i}" if many else BENCH_KEY
-                    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-                    sent = time.perf_counter()
-                    try:
-                        async with session.post(
-                            url + CHAT_PATH, data=CHAT_BODY, headers=headers
-                        ) as r:
-                            await r.read()
-                            if r.status >= 400:
-                                errors += 1
-                    except aiohttp.ClientError:
-                        errors += 1
-                    latencies.append(time.perf_counter() - sent)
-
-            await asyncio.gather(*(worker(n) for n in range(concurrency)))
-            elapsed = time.perf_counter() - start
-        latencies.sort()
-
-        def pct(q: float) -> float:
-            if not latencies:
-                return 0.0
-            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-
-        return Load(len(latencies), elapsed, errors, pct(0.5), pct(0.9), pct(0.99), pct(1.0))
-
-    import uvloop
-
-    return uvloop.run(run())
-
-
-# --- the run --------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class Options:
     concurrency: tuple[int, ...]
@@ -575,168 +413,6 @@ def profile(opts: Options, target: Target, tmp: Path) -> None:
             spy.kill()
             spy.wait()
     print(f"  profile: {out}", flush=True)
-
-
-def add_deltas(rows: list[Row]) -> None:
-    direct = {r.concurrency: r for r in rows if r.target == "direct"}
-    for row in rows:
-        base = direct.get(row.concurrency)
-        if base is not None and row.target != "direct":
-            row.added_p50_ms = round(row.p50_ms - base.p50_ms, 3)
-            row.added_p99_ms = round(row.p99_ms - base.p99_ms, 3)
-
-
-def _label(row: Row) -> str:
-    if row.target in GATEWAYS:
-        redis_kind = {
-            "embedded": "embedded Redis",
-            "embedded-no-detector": "embedded Redis, detector in separate workers",
-        }.get(row.target, "Redis 127.0.0.1:6379")
-        return f"antidistill, {redis_kind}, {row.keys} key{'s' if row.keys == 'many' else ''}"
-    return row.target
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:+.3f}"
-
-
-def table(rows: Sequence[Row], markdown: bool) -> str:
-    head = [
-        "target",
-        "c",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "+p50 ms",
-        "+p99 ms",
-        "errors",
-        "events logged",
-    ]
-    body = [
-        [
-            _label(r),
-            str(r.concurrency),
-            f"{r.rps:,.0f}",
-            f"{r.p50_ms:.3f}",
-            f"{r.p99_ms:.3f}",
-            _fmt(r.added_p50_ms),
-            _fmt(r.added_p99_ms),
-            str(r.errors),
-            "" if r.events is None else f"{r.events:,} / {r.requests:,}",
-        ]
-        for r in rows
-    ]
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(cells[i]) for cells in body)) for i, h in enumerate(head)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    out += [
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-        for cells in body
-    ]
-    return "\n".join(out)
-
-
-def machine_facts() -> dict[str, str]:
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    facts = {
-        "nproc": str(os.cpu_count()),
-        "cpu": model,
-        "python": platform.python_version(),
-        "os": f"{platform.system()} {platform.release()}",
-    }
-    wrk = shutil.which("wrk")
-    if wrk:
-        done = subprocess.run([wrk, "-v"], capture_output=True, text=True, check=False)
-        match = re.search(r"wrk (\S+)", done.stdout + done.stderr)
-        facts["wrk"] = match.group(1) if match else "?"
-    return facts
-
-
-def verdicts(rows: Sequence[Row]) -> list[str]:
-    """Gateway rows against the targets: added p50 <= 1 ms, p99 <= 5 ms; 1,000 req/s."""
-    out = []
-    for r in rows:
-        if r.target not in GATEWAYS or r.added_p50_ms is None or r.added_p99_ms is None:
-            continue
-        checks = [
-            f"+p50 {r.added_p50_ms:.2f} ms {'✓' if r.added_p50_ms <= 1 else '✗'}",
-            f"+p99 {r.added_p99_ms:.2f} ms {'✓' if r.added_p99_ms <= 5 else '✗'}",
-            f"{r.rps:,.0f} req/s {'✓' if r.rps >= 1000 else '✗'}",
-        ]
-        events = ""
-        if r.events is not None:
-            slack = r.events - r.requests
-            events = f"; events - requests = {slack:+d}" + (
-                " ✓" if 0 <= slack <= r.concurrency else " ✗"
-            )
-        out.append(f"- {_label(r)}, c={r.concurrency}: " + ", ".join(checks) + events)
-    return out
-
-
-def benchmarks_section(report: dict[str, object], rows: Sequence[Row]) -> str:
-    m = report["machine"]
-    assert isinstance(m, dict)
-    tools = report["tools"]
-    assert isinstance(tools, dict)
-    tool_list = ", ".join(f"{k} {v}" for k, v in tools.items())
-    loadgen = f"wrk {m.get('wrk', '')}".strip() if report["loadgen"] == "wrk" else "Python aiohttp"
-    return "\n".join(
-        [
-            START,
-            "## Gateway overhead (`bench/overhead.py`)",
-            "",
-            f"Command: `{report['command']}`  ",
-            f"Date: {report['date']}  ",
-            f"Machine: {m['nproc']} x {m['cpu']}, {m['os']}, Python {m['python']}; {tool_list}; "
-            f"load generator {loadgen}, {report['duration_s']:g} s per run after a "
-            f"{report['warmup_s']:g} s warm-up; load average {report['load_average']}.",
-            "",
-            table(rows, markdown=True),
-            "",
-            "c = concurrent connections; +p50/+p99 = added latency against `direct` at the same c; "
-            "events logged = decision events the run added to the `decisions` stream / requests "
-            "the load generator completed (up to c more events than requests are expected: wrk "
-            "stops with up to c requests in flight, and the gateway logs those too).",
-            "",
-            "Targets (issue): added latency p50 ≤ 1 ms and p99 ≤ 5 ms at moderate load, "
-            "≥ 1,000 req/s through one worker.",
-            "",
-            *([*verdicts(rows), ""] if verdicts(rows) else []),
-            "What the numbers mean: wrk, the stub upstream, nginx, Redis and the gateway all share "
-            f"the same {m['nproc']} cores, so every process slows every other one down; absolute "
-            "figures are low and noisy (other work may run on the machine too). Compare ratios "
-            "between rows of one run, not figures across machines. The gateway runs the default "
-            "policy with limits too high to deny anything, so every request takes the full Lua "
-            "admission path and writes its decision event; 'many keys' sends a new API key per "
-            "request (a new client, new hash tag, new Redis keys each time; wrk builds each "
-            "request in Lua then, which costs wrk a little). wrk is a closed loop: at c=16 every "
-            "target runs flat out, so latency there is mostly queueing (about c / throughput); "
-            "read added latency at moderate load from c=1, throughput from c=16.",
-            END,
-        ]
-    )
-
-
-def write_benchmarks(section: str) -> None:
-    text = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        _, tail = rest.split(END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    BENCHMARKS.write_text(text)
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]:
