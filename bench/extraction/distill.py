@@ -263,23 +263,17 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     elapsed = time.perf_counter() - started
     text = render(rows)
     print(text)
-    command = report.command_line(MODULE, argv)
-    path = report.write_json(
-        args.results_dir,
-        NAME,
-        {
-            "command": command,
-            "quick": args.quick,
-            "seconds": round(elapsed, 1),
-            "rows": [asdict(r) for r in rows],
-        },
+    report.publish(
+        args,
+        argv,
+        module=MODULE,
+        name=NAME,
+        title="Soft-label distillation of the toy LM",
+        text=text,
+        note=NOTE,
+        elapsed_s=elapsed,
+        results={"rows": [asdict(r) for r in rows]},
     )
-    print(f"wrote {path} ({elapsed:.1f} s)")
-    if args.write_benchmarks:
-        report.update_benchmarks(
-            NAME,
-            report.section("Soft-label distillation of the toy LM", command, text, NOTE, elapsed),
-        )
     return rows
 
 

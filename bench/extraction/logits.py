@@ -319,6 +319,9 @@ lets the hidden size through.
 """
 
 
+FALLBACK_NOTE = "Fallback coordinates (top-k only, no bias)"
+
+
 def main(argv: Sequence[str] | None = None) -> list[Attempt]:
     args = report.parse_args(__doc__.splitlines()[0], argv)
     started = time.perf_counter()
@@ -330,33 +333,23 @@ def main(argv: Sequence[str] | None = None) -> list[Attempt]:
     for a in attempts:
         if a.fallback_coordinates is not None:
             print(f"{a.scenario}: fallback without logit_bias: {a.fallback_coordinates} coords")
-    command = report.command_line(MODULE, argv)
-    path = report.write_json(
-        args.results_dir,
-        NAME,
-        {
-            "command": command,
-            "quick": args.quick,
-            "seconds": round(elapsed, 1),
-            "attempts": [asdict(a) for a in attempts],
-        },
+    fallback_text = "; ".join(
+        f"{a.scenario}: {a.fallback_coordinates}"
+        for a in attempts
+        if a.fallback_coordinates is not None
     )
-    print(f"wrote {path} ({elapsed:.1f} s)")
-    if args.write_benchmarks:
-        fallback = "; ".join(
-            f"{a.scenario}: {a.fallback_coordinates}"
-            for a in attempts
-            if a.fallback_coordinates is not None
-        )
-        note = NOTE + (
-            f"\nFallback coordinates (top-k only, no bias): {fallback}." if fallback else ""
-        )
-        report.update_benchmarks(
-            NAME,
-            report.section(
-                "Logit stealing: hidden size (Carlini et al. 2024)", command, text, note, elapsed
-            ),
-        )
+    report.publish(
+        args,
+        argv,
+        module=MODULE,
+        name=NAME,
+        title="Logit stealing: hidden size (Carlini et al. 2024)",
+        text=text,
+        note=NOTE
+        + (f"\nFallback coordinates (top-k only): {fallback_text}." if fallback_text else ""),
+        elapsed_s=elapsed,
+        results={"attempts": [asdict(a) for a in attempts]},
+    )
     return attempts
 
 

@@ -242,34 +242,27 @@ def main(argv: Sequence[str] | None = None) -> Outcome:
     print(text)
     print()
     print(dawn_text)
-    command = report.command_line(MODULE, argv)
-    path = report.write_json(
-        args.results_dir,
-        NAME,
-        {
-            "command": command,
-            "quick": args.quick,
-            "seconds": round(elapsed, 1),
+
+    def note() -> str:
+        teacher = train_toy_classifier()
+        return NOTE.format(teacher=teacher.test_accuracy, epochs=30 if args.quick else 40)
+
+    report.publish(
+        args,
+        argv,
+        module=MODULE,
+        name=NAME,
+        title="Probability endpoint: KnockoffNets and CopycatCNN (ART) through the gateway",
+        text=f"{text}\n\nDAWN verification:\n\n{dawn_text}",
+        note=note,
+        elapsed_s=elapsed,
+        results={
             "budgets": outcome.budgets,
             "runs": [asdict(r) for r in outcome.runs],
             "benign_top1_changed": outcome.benign,
             "dawn": [asdict(c) for c in outcome.checks],
         },
     )
-    print(f"wrote {path} ({elapsed:.1f} s)")
-    if args.write_benchmarks:
-        teacher = train_toy_classifier()
-        note = NOTE.format(teacher=teacher.test_accuracy, epochs=30 if args.quick else 40)
-        report.update_benchmarks(
-            NAME,
-            report.section(
-                "Probability endpoint: KnockoffNets and CopycatCNN (ART) through the gateway",
-                command,
-                f"{text}\n\nDAWN verification:\n\n{dawn_text}",
-                note,
-                elapsed,
-            ),
-        )
     return outcome
 
 

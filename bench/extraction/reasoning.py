@@ -184,31 +184,17 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     elapsed = time.perf_counter() - started
     text = render(rows, budgets)
     print(text)
-    command = report.command_line(MODULE, argv)
-    path = report.write_json(
-        args.results_dir,
-        NAME,
-        {
-            "command": command,
-            "quick": args.quick,
-            "seconds": round(elapsed, 1),
-            "digits": digits,
-            "budgets": budgets,
-            "rows": [asdict(r) for r in rows],
-        },
+    report.publish(
+        args,
+        argv,
+        module=MODULE,
+        name=NAME,
+        title="Reasoning withholding vs a reasoning-distilled student",
+        text=text,
+        note=NOTE.format(digits=digits),
+        elapsed_s=elapsed,
+        results={"digits": digits, "budgets": budgets, "rows": [asdict(r) for r in rows]},
     )
-    print(f"wrote {path} ({elapsed:.1f} s)")
-    if args.write_benchmarks:
-        report.update_benchmarks(
-            NAME,
-            report.section(
-                "Reasoning withholding vs a reasoning-distilled student",
-                command,
-                text,
-                NOTE.format(digits=digits),
-                elapsed,
-            ),
-        )
     return rows
 
 

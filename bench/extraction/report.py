@@ -10,7 +10,7 @@ import platform
 import re
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -114,3 +114,27 @@ def update_benchmarks(name: str, text: str, path: Path = BENCHMARKS) -> None:
     else:
         updated = current.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(updated)
+
+
+def publish(
+    args: argparse.Namespace,
+    argv: Sequence[str] | None,
+    *,
+    module: str,
+    name: str,
+    title: str,
+    text: str,
+    note: str | Callable[[], str],
+    elapsed_s: float,
+    results: dict[str, Any],
+) -> None:
+    """What every benchmark does with its results: JSON under the results directory and,
+    with ``--write-benchmarks``, its section of ``BENCHMARKS.md`` (``note`` may be a
+    callable, when writing it costs work that a plain run should not do)."""
+    command = command_line(module, argv)
+    payload = {"command": command, "quick": args.quick, "seconds": round(elapsed_s, 1)}
+    path = write_json(args.results_dir, name, {**payload, **results})
+    print(f"wrote {path} ({elapsed_s:.1f} s)")
+    if args.write_benchmarks:
+        body = note() if callable(note) else note
+        update_benchmarks(name, section(title, command, text, body, elapsed_s))
