@@ -60,6 +60,9 @@ log = logging.getLogger("antidistill.detector")
 GROUP = "detector"
 WINDOW_TTL_S = 86_400  # a client's persisted window outlives a day of silence, no more
 DETECTOR_TTL_S = 7 * 86_400
+HISTORY_LEN = 512  # score-history points kept per client
+AUDIT_MAXLEN = 100_000
+STATS_EVERY_S = 5.0
 EXPLAIN_TOP = 3
 _SELF_INFLICTED = ("throttle", "block")
 YIELD_EVERY = 64  # events decoded between yields to the event loop
@@ -200,6 +203,9 @@ class _Window:
     first_ts_ms: int = 0
     flagged_after: int = 0  # requests seen when the level first reached degrade
     campaign: tuple[float, tuple[str, ...]] | None = None  # (score, reasons) until relinked
+    campaign_id: str = ""
+    explain: list[tuple[str, float, float, float]] = field(default_factory=list)
+    campaign_explain: list[tuple[str, float, float, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -213,6 +219,8 @@ class WorkerStats:
     busy_s: float = 0.0  # CPU-bound time spent on the event loop
     max_slice_s: float = 0.0  # the longest stretch without yielding to the loop
     lag: list[tuple[str, int, float]] = field(default_factory=list)  # (client, requests, s)
+    last_event_ts_ms: int = 0  # request time of the newest event read
+    stream_lag_ms: float = 0.0  # how far behind the newest event read was, when read
 
 
 class DetectorWorker:
@@ -256,6 +264,7 @@ class DetectorWorker:
         self._peers_at = -1e9
         self._peers = 0
         self._linked_at = time.monotonic()
+        self._stats_at = 0.0
         self.stats = WorkerStats()
 
     # -- keys ---------------------------------------------------------------------------
@@ -265,12 +274,12 @@ class DetectorWorker:
 
     def detector_key(self, client: str) -> str:
         """Hash with the client's latest score, level, reasons, time and window size."""
-        return f"{self._keys.client_tag(client)}:detector"
+        return self._keys.detector(client)
 
     @property
     def shadow_key(self) -> str:
         """Hash: client → the level the detector would have set (shadow mode), as JSON."""
-        return f"{self._keys.prefix}:shadow_levels"
+        return self._keys.shadow_levels
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -340,7 +349,29 @@ class DetectorWorker:
             and time.monotonic() - self._linked_at >= det.campaign_interval_s
         ):
             await self.link_campaigns()
+        if time.monotonic() - self._stats_at >= STATS_EVERY_S:
+            await self.publish_stats()
         return count
+
+    async def publish_stats(self) -> None:
+        """This worker's counters and lag, for ``/metrics`` and operators (``detector_stats``)."""
+        self._stats_at = time.monotonic()
+        stats = self.stats
+        await self._redis.hset(
+            self._keys.detector_stats,
+            self.consumer,
+            orjson.dumps(
+                {
+                    "events": stats.events,
+                    "scored": stats.scored,
+                    "levels_set": stats.levels_set,
+                    "campaigns": stats.campaigns,
+                    "lag_ms": round(stats.stream_lag_ms, 1),
+                    "busy_s": round(stats.busy_s, 3),
+                    "ts": int(time.time() * 1000),
+                }
+            ),
+        )
 
     # -- reading ------------------------------------------------------------------------
 
@@ -437,6 +468,10 @@ class DetectorWorker:
             self._tick(started)
             await pipe.execute()
         self.stats.events += len(rows)
+        newest = max((r[-1].ts_ms for r in fresh.values()), default=0)
+        if newest:
+            self.stats.last_event_ts_ms = max(self.stats.last_event_ts_ms, newest)
+            self.stats.stream_lag_ms = max(0.0, time.time() * 1000 - newest)
         return len(rows)
 
     def _window(self, client: str, size: int, restored: list[RequestRecord] | None) -> _Window:
@@ -550,6 +585,7 @@ class DetectorWorker:
             score = float(scores[i])
             explanation = self.scorer.explain(X[i], EXPLAIN_TOP) if score >= watch else []
             reasons = reason_codes(score, explanation, EXPLAIN_TOP)
+            window.explain = explanation
             if window.campaign is not None and window.campaign[0] > score:
                 score, reasons = window.campaign[0], (*window.campaign[1], *reasons[1:])
             results[client] = (score, reasons, len(windows[client]))
@@ -631,10 +667,40 @@ class DetectorWorker:
                             decision.level,
                             extra={"client": client, "reasons": list(decision.reasons)},
                         )
+                if decision.write and decision.level != current[client].level:
+                    pipe.xadd(
+                        self._keys.audit,
+                        _audit_fields(
+                            client,
+                            decision.level,
+                            current[client].level,
+                            decision.reasons,
+                            now_ms,
+                            policy.shadow,
+                        ),
+                        maxlen=AUDIT_MAXLEN,
+                        approximate=True,
+                    )
+                shown = decision.level
+                if shown in ("watch", "degrade", "throttle", "block"):
+                    pipe.zadd(self._keys.flagged, {client: round(score, 4)})
+                else:
+                    pipe.zrem(self._keys.flagged, client)
+                history = self._keys.score_history(client)
+                pipe.rpush(history, f"{int(now_ms)} {score:.4f} {shown}")
+                pipe.ltrim(history, -HISTORY_LEN, -1)
+                pipe.expire(history, DETECTOR_TTL_S)
                 key = self.detector_key(client)
                 pipe.hset(
                     key,
                     mapping={
+                        "explain": orjson.dumps(
+                            [
+                                [n, round(c, 4), round(v, 4), round(b, 4)]
+                                for n, c, v, b in _explanation(window, score)
+                            ]
+                        ).decode(),
+                        "campaign": window.campaign_id if window else "",
                         "score": f"{score:.4f}",
                         "level": decision.level,
                         "reasons": ",".join(reasons),
@@ -694,6 +760,7 @@ class DetectorWorker:
         started = time.perf_counter()
         for window in self._windows.values():
             window.campaign = None
+            window.campaign_id = ""
         newest = max((w.records[-1].ts_ms for w in self._windows.values() if w.records), default=0)
         windows = {
             c: sorted(w.records, key=_ts)
@@ -720,23 +787,43 @@ class DetectorWorker:
         )
         scores = np.asarray(self.scorer.score(X), dtype=np.float64)
         results: dict[str, tuple[float, tuple[str, ...], int]] = {}
+        stored: dict[Any, Any] = {}
+        now_ms = int(time.time() * 1000)
         for i, campaign in enumerate(campaigns):
             score = float(scores[i])
             members = sorted(_members(campaign))
-            name = reason_code(f"campaign:{_campaign_id(campaign, members)}")
-            links = tuple(reason_code(f"campaign_link:{t}") for t in _link_types(campaign))
+            campaign_id = _campaign_id(campaign, members)
+            name = reason_code(f"campaign:{campaign_id}")
+            kinds = _link_types(campaign)
+            links = tuple(reason_code(f"campaign_link:{t}") for t in kinds)
             explanation = self.scorer.explain(X[i], EXPLAIN_TOP)
             reasons = reason_codes(score, explanation, EXPLAIN_TOP, extra=(name, *links))
+            stored[campaign_id] = orjson.dumps(
+                {
+                    "id": campaign_id,
+                    "members": members,
+                    "links": list(kinds),
+                    "score": round(score, 4),
+                    "reasons": list(reasons),
+                    "ts": now_ms,
+                }
+            )
             for member in members:
                 held = self._windows.get(member)
                 if held is None:
                     continue
                 held.campaign = (score, reasons)
+                held.campaign_id = campaign_id
+                held.campaign_explain = explanation
                 own = results.get(member)
                 if own is None or own[0] < score:
                     results[member] = (score, reasons, len(held.records))
         self.stats.campaigns += len(campaigns)
         self._tick(started)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self._keys.campaigns, mapping=stored)
+            pipe.expire(self._keys.campaigns, DETECTOR_TTL_S)
+            await pipe.execute()
         watch = policy.detector.thresholds.watch
         raised = {c: r for c, r in results.items() if r[0] >= watch}
         if raised:
@@ -758,6 +845,38 @@ class DetectorWorker:
     def window_of(self, client: str) -> list[RequestRecord]:
         window = self._windows.get(client)
         return list(window.records) if window is not None else []
+
+
+def _explanation(window: _Window | None, score: float) -> list[tuple[str, float, float, float]]:
+    """The reason codes behind ``score``: the campaign's when the campaign's score is it."""
+    if window is None:
+        return []
+    if window.campaign is not None and window.campaign[0] >= score and window.campaign_explain:
+        return window.campaign_explain
+    return window.explain
+
+
+def _audit_fields(
+    client: str,
+    level: str,
+    previous: str,
+    reasons: Sequence[str],
+    now_ms: float,
+    shadow: bool,
+) -> dict[Any, Any]:
+    """An audit-trail entry (the fields of ``gateway.admin.audit.AuditEntry``) for a level
+    the detector set; in shadow mode the reason says the level was not enforced."""
+    reason = ",".join(reasons)
+    return {
+        "ts_ms": str(int(now_ms)),
+        "actor": "detector",
+        "action": "detector_level",
+        "client": client,
+        "reason": f"shadow (not enforced): {reason}" if shadow else reason,
+        "level": level,
+        "label": "",
+        "previous_level": previous,
+    }
 
 
 def _ts(record: RequestRecord) -> int:

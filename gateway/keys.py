@@ -46,6 +46,44 @@ class KeySpace:
         """List of the provenance marks (DAWN answers) given to a client, oldest first."""
         return f"{self.client_tag(client_id)}:provenance"
 
+    def detector(self, client_id: str) -> str:
+        """Hash with the client's latest detector result (score, level, reasons, explain …)."""
+        return f"{self.client_tag(client_id)}:detector"
+
+    def score_history(self, client_id: str) -> str:
+        """List of the client's detector scores over time: ``"<ts_ms> <score> <level>"``."""
+        return f"{self.client_tag(client_id)}:scores"
+
+    @property
+    def flagged(self) -> str:
+        """Sorted set of clients the detector holds at ``watch`` or above, by latest score."""
+        return f"{self.prefix}:flagged"
+
+    @property
+    def campaigns(self) -> str:
+        """Hash of linked campaigns: campaign id → JSON (members, links, score, reasons, ts)."""
+        return f"{self.prefix}:campaigns"
+
+    @property
+    def audit(self) -> str:
+        """Stream of actions on clients, by operators and by the detector (the audit trail)."""
+        return f"{self.prefix}:audit"
+
+    @property
+    def labels(self) -> str:
+        """Hash of operator labels: client id → ``harvesting`` or ``benign``."""
+        return f"{self.prefix}:labels"
+
+    @property
+    def shadow_levels(self) -> str:
+        """Hash of the levels the detector would set in shadow mode: client id → JSON."""
+        return f"{self.prefix}:shadow_levels"
+
+    @property
+    def detector_stats(self) -> str:
+        """Hash of each detector worker's latest counters: consumer name → JSON."""
+        return f"{self.prefix}:detector:stats"
+
     @property
     def decisions(self) -> str:
         """The decision-log stream."""

@@ -157,7 +157,12 @@ class Retention(_Model):
     max_events: PositiveInt = Field(
         default=1_000_000, description="The decision stream is trimmed to about this length."
     )
-    keep_prompt_samples: bool = False
+    keep_prompt_samples: bool = Field(
+        default=False,
+        description="Keep the latest user message of each request (at most 300 characters, "
+        "e-mails, key-like tokens, IP addresses and long numbers redacted) in its decision "
+        "event, for reviewers' reports and the dashboard.",
+    )
 
 
 class Store(_Model):

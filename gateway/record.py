@@ -9,6 +9,7 @@ from detectors.features import request_features
 from gateway.exchange import Exchange
 from gateway.identity import ANONYMOUS
 from gateway.params import request_params
+from gateway.samples import prompt_sample
 from gateway.store.decision_log import Settlement
 from gateway.store.events import DecisionEvent
 
@@ -73,4 +74,7 @@ def decision_event(ex: Exchange) -> DecisionEvent:
         tls_fingerprint=(client.tls_fingerprint or "") if client else "",
         org_id=(client.org_id or "") if client else "",
         features=request_features(ex.route.kind, ex.body).to_json() if ex.body else "",
+        prompt_sample=prompt_sample(ex.route.kind, ex.body)
+        if ex.body and ex.policy.store.retention.keep_prompt_samples
+        else "",
     )

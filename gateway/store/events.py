@@ -46,6 +46,7 @@ class DecisionEvent:
     tls_fingerprint: str = ""
     org_id: str = ""
     features: str = ""  # detectors.schema.RequestFeatures as JSON
+    prompt_sample: str = ""  # redacted latest user message (policy keep_prompt_samples)
 
     def to_fields(self) -> dict[str, str]:
         out: dict[str, str] = {}

@@ -44,6 +44,7 @@ for _ = 1, n do
     redis.call('HINCRBY', summary, 'tokens', tokens)
   end
   redis.call('HSET', summary, 'last_ts', ts, 'tier', tier, 'level', level)
+  redis.call('HSETNX', summary, 'first_ts', ts)
   redis.call('ZADD', KEYS[2], ts, client)
 end
 return {n, string.format('%.0f', now)}

@@ -274,6 +274,46 @@ async def test_campaign_score_raises_every_linked_account(
         assert any(r.startswith("campaign:") for r in level.reasons)
 
 
+async def test_review_keys_are_written(redis: aioredis.Redis, keyspace: KeySpace) -> None:
+    """What operators review: explanation, score history, flagged set, audit, campaigns."""
+    light = ["c" * 64, "d" * 64]
+
+    def link(windows: Any) -> list[Campaign]:
+        return [Campaign(tuple(c for c in light if c in windows), ("template",))]
+
+    worker = make(redis, keyspace, policy(), models=models(link))
+    await worker.ensure_group()
+    await send(redis, keyspace, ATTACKER, 12, attack=True)
+    await send(redis, keyspace, BENIGN, 12, attack=False)
+    await drain(worker)
+    stored = await redis.hgetall(keyspace.detector(ATTACKER))
+    assert orjson.loads(stored[b"explain"]) == [["reasoning_share", 1.0, 1.0, 0.0]]
+    history = await redis.lrange(keyspace.score_history(ATTACKER), 0, -1)
+    ts, score, level = history[-1].decode().split()
+    assert int(ts) > 0 and float(score) == 1.0 and level == "block"
+    assert await redis.zrange(keyspace.flagged, 0, -1) == [ATTACKER.encode()]
+    audit = await redis.xrange(keyspace.audit)
+    assert len(audit) == 1
+    fields = {k.decode(): v.decode() for k, v in audit[0][1].items()}
+    assert fields["actor"] == "detector" and fields["action"] == "detector_level"
+    assert fields["client"] == ATTACKER and fields["level"] == "block"
+    assert fields["previous_level"] == "allow" and "reasoning_share_high" in fields["reason"]
+    # campaigns are stored with what links them
+    for client in light:
+        await send(redis, keyspace, client, 6, attack=True)
+    await drain(worker)
+    assert await worker.link_campaigns() == 1
+    campaigns = await redis.hgetall(keyspace.campaigns)
+    (stored_campaign,) = [orjson.loads(v) for v in campaigns.values()]
+    assert stored_campaign["members"] == light and stored_campaign["links"] == ["template"]
+    assert (await redis.hget(keyspace.detector(light[0]), "campaign")) == (
+        stored_campaign["id"].encode()
+    )
+    await worker.publish_stats()
+    stats = orjson.loads(await redis.hget(keyspace.detector_stats, worker.consumer))
+    assert stats["events"] == 36 and stats["scored"] >= 4
+
+
 def test_compact_form_round_trips() -> None:
     record = RequestRecord(
         ts_ms=5,

@@ -111,6 +111,7 @@ async def test_summary_hash_and_client_index(
         "last_ts": str(_event(3).ts),
         "tier": "gold",
         "level": "allow",
+        "first_ts": str(_event(1).ts),
     }
     c2 = redis_sync.hgetall(keyspace.summary("c2"))
     assert c2[b"requests"] == b"1" and c2[b"tokens"] == b"2"
