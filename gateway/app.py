@@ -110,6 +110,10 @@ def create_app(settings: Settings) -> Starlette:
         )
 
     async def metrics_endpoint(request: Request) -> Response:
+        try:
+            await metrics.refresh(redis, keys)
+        except (RedisError, OSError) as exc:  # the process's own metrics still answer
+            log.warning("metrics: cannot read the review gauges from Redis (%s)", exc)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager

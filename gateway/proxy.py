@@ -88,9 +88,7 @@ class Proxy:
         return response
 
     def _finish(self, ex: Exchange) -> None:
-        self._metrics.requests.labels(
-            route=ex.route.path, decision=ex.decision, level=ex.level
-        ).inc()
+        self._metrics.count_decision(ex.route.path, ex.decision, ex.level, ex.reasons)
         marks = ex.state.get("provenance_marks") or ()
         self._decisions.record(
             decision_event(ex), settlement_for(ex), [orjson.dumps(m) for m in marks]
