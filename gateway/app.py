@@ -16,6 +16,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.admin.context import AdminContext
+from gateway.admin.routes import admin_not_found_routes, admin_routes
 from gateway.keys import KeySpace
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
@@ -154,11 +156,14 @@ def create_app(settings: Settings) -> Starlette:
             if embedded is not None:
                 embedded.close()
 
+    admin = AdminContext.create(redis, keys, policies.get, settings.admin_token_value)
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            *admin_routes(admin),  # none without an admin token
+            *admin_not_found_routes(),  # /admin/... is never proxied
             Route("/{path:path}", proxy.handle, methods=_ALL_METHODS),
         ],
         lifespan=lifespan,
@@ -169,6 +174,7 @@ def create_app(settings: Settings) -> Starlette:
     app.state.keys = keys
     app.state.redis = redis
     app.state.limiter = limiter
+    app.state.admin = admin
     app.state.detector = None
     return app
 

@@ -10,6 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
+import orjson
 from pydantic import AnyHttpUrl, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -38,6 +39,11 @@ class Settings(BaseSettings):
     upstream_api_key: SecretStr | None = Field(
         default=None, description="Sent to the upstream as its Bearer key; clients' keys never are."
     )
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token of the admin API and dashboard (/admin/); unset or empty: "
+        "no admin routes at all.",
+    )
     log_level: str = "info"
     redis_timeout_s: float = Field(default=1.0, gt=0)
     policy_poll_s: float = Field(
@@ -53,6 +59,22 @@ class Settings(BaseSettings):
     @property
     def spool_path(self) -> Path:
         return self.data_dir / "spool" / "decisions.jsonl"
+
+    @property
+    def admin_token_value(self) -> str:
+        """The admin token, ``""`` if unset or blank (admin disabled)."""
+        token = self.admin_token.get_secret_value() if self.admin_token is not None else ""
+        return token if token.strip() else ""
+
+    def to_json_with_secrets(self) -> str:
+        """These settings as JSON with secret values in clear, for worker processes of the
+        same gateway (``model_dump_json`` masks them as ``**********``)."""
+        data = self.model_dump(mode="json")
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                data[name] = value.get_secret_value()
+        return orjson.dumps(data).decode()
 
 
 def resolve_key_secret(configured: SecretStr | None, data_dir: Path) -> bytes:
