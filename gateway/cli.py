@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from gateway.cli_support import (
     RedisOpt,
     fail,
     load_policy_or_exit,
+    parse_duration,
     with_redis,
 )
 from gateway.identity import client_id_for
@@ -31,6 +31,8 @@ from gateway.keys import KeySpace
 from gateway.policy import Level
 from gateway.policy_file import PolicyError, load_policy, policy_json_schema
 from gateway.provenance.cli import provenance_app
+from gateway.replay import replay_command
+from gateway.report import report_command
 from gateway.settings import Settings, resolve_key_secret
 from sim.traffic.cli import sim_app
 
@@ -51,19 +53,8 @@ app.add_typer(provenance_app, name="provenance")
 app.add_typer(sim_app, name="sim")
 app.command("train")(train_command)
 app.command("eval")(eval_command)
-
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds in "90s", "10m", "1h30m", "2d"; None for "0", "never" or "none" (no expiry)."""
-    if text.strip().lower() in ("0", "never", "none"):
-        return None
-    match = _DURATION.match(text.strip())
-    if not text.strip() or match is None or not any(match.groups()):
-        raise typer.BadParameter(f"{text!r} is not a duration like 30s, 10m, 1h30m or 2d")
-    d, h, m, s = (int(g) if g else 0 for g in match.groups())
-    return float(d * 86400 + h * 3600 + m * 60 + s)
+app.command("report")(report_command)
+policy_app.command("replay")(replay_command)
 
 
 @app.command()
@@ -118,7 +109,7 @@ def serve(
             target: object = create_app(settings)
         else:
             # Worker processes build their own app from the settings resolved here.
-            os.environ["ANTIDISTILL_SETTINGS_JSON"] = settings.model_dump_json()
+            os.environ["ANTIDISTILL_SETTINGS_JSON"] = settings.to_json_with_secrets()
             target = "gateway.cli:app_from_environment"
         uvicorn.run(
             target,  # type: ignore[arg-type]
@@ -276,16 +267,20 @@ def client_set_level(
     data_dir: DataDirOpt = Path("var"),
     policy: PolicyOpt = None,
 ) -> None:
-    """Set a client's enforcement level by hand (the detector never lowers it)."""
+    """Set a client's enforcement level by hand (the detector never lowers it); the change
+    goes to the audit trail with your user name."""
+    from gateway.admin.actions import Action, ActionError, perform
     from gateway.ratelimit.limiter import Limiter
 
     ttl_s = parse_duration(ttl)
-    reason_code = re.sub(r"[^a-z0-9_:\-]+", "_", reason.strip().lower())[:64] or "operator"
+    try:
+        action = Action("set_level", reason, level=level.value, ttl_s=ttl_s).validated()
+    except ActionError as exc:
+        raise fail(str(exc)) from None
 
     async def job(client_redis: aioredis.Redis, keys: KeySpace) -> None:
-        limiter = Limiter(client_redis)
-        await limiter.set_level(keys.level(client), level.value, [f"operator:{reason_code}"], ttl_s)
-        shown = await limiter.get_level(keys.level(client))
+        await perform(client_redis, keys, client, action, actor=os.environ.get("USER") or "cli")
+        shown = await Limiter(client_redis).get_level(keys.level(client))
         typer.echo(
             f"{client}: {shown.level} ({', '.join(shown.reasons)})"
             + (f", expires in {ttl}" if ttl_s else ", no expiry")

@@ -72,6 +72,9 @@ tiers:
       tokens_per_minute: 4000
 requests:
   max_body_bytes: 65536
+store:
+  retention:
+    keep_prompt_samples: true  # so the report shows what each client asked
 clients:
   "{bob}":
     name: bob
@@ -289,11 +292,38 @@ def _limits_and_operator(gw: str, redis_url: str, keys: KeySpace, secret: bytes)
 
 
 async def _block(redis_url: str, keys: KeySpace, client_id: str) -> None:
+    from gateway.admin.actions import Action, perform
+
     redis = aioredis.Redis.from_url(redis_url)
     try:
-        await Limiter(redis).set_level(keys.level(client_id), "block", ["operator:demo"], 600)
+        action = Action("block", reason="demo: carol's key was reported stolen", ttl_s=600)
+        await perform(redis, keys, client_id, action, actor="demo-operator")
     finally:
         await redis.aclose()
+
+
+async def _write_report(redis_url: str, policy_text: str, path: Path) -> int:
+    """The HTML report of the demo's flagged clients; returns how many it lists."""
+    from gateway.report import collect, write_atomically
+    from gateway.report_templates import render_html
+
+    policy = parse_policy(policy_text)
+    redis = aioredis.Redis.from_url(redis_url)
+    try:
+        report = await collect(
+            redis,
+            KeySpace(policy.store.key_prefix),
+            policy,
+            since="1h",
+            since_ms=int(time.time() * 1000) - 3_600_000,
+            flagged_only=True,
+            limit=50,
+            now_ms=int(time.time() * 1000),
+        )
+    finally:
+        await redis.aclose()
+    write_atomically(path, render_html(report))
+    return len(report.clients)
 
 
 async def _print_log(redis_url: str, keys: KeySpace, count: int) -> None:
@@ -401,11 +431,18 @@ def run_demo(data_dir: Path, toy: bool = False) -> int:
             _limits_and_operator(gw, embedded.url, keys, secret)
             time.sleep(0.5)  # the decision log is written just after each response
             asyncio.run(_print_log(embedded.url, keys, 6))
+            listed = asyncio.run(_write_report(embedded.url, policy_text, data_dir / "report.html"))
         attackers = sum(1 for c in clients if c.attack)
         benign = len(clients) - attackers
         _say(
             f"\nResult: {caught}/{attackers} harvesting clients degraded or blocked; "
             f"{flagged}/{benign} benign clients flagged. ({time.monotonic() - started:.0f}s)"
+        )
+        _say(
+            f"\nThe review report ({listed} flagged clients, with score plots and reasons): "
+            f"{data_dir / 'report.html'}\n"
+            f"  again: antidistill report --data-dir {data_dir} --policy {policy_path} "
+            "--format html --out report.html"
         )
         _say(f"Stopped the gateway and the model server. Logs in {data_dir}.")
         return 0

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 import typer
 from typer.testing import CliRunner
 
@@ -75,6 +76,13 @@ def test_set_level_and_show(redis_url: str, tmp_path: Path) -> None:
     assert '"level": "throttle"' in shown.output
     bad = runner.invoke(app, ["client", "set-level", cid, "nuke", "--reason", "x", *args])
     assert bad.exit_code != 0
+    blank = runner.invoke(app, ["client", "set-level", cid, "block", "--reason", " ", *args])
+    assert blank.exit_code == 2 and "reason" in blank.output
+    # the change is in the audit trail, with the whole reason
+    audit = redis.Redis.from_url(redis_url).xrevrange("adtest-cli:audit", count=1)
+    fields = {k.decode(): v.decode() for k, v in audit[0][1].items()}
+    assert fields["action"] == "set_level" and fields["reason"] == "Scraping <b>"
+    assert fields["client"] == cid and fields["level"] == "throttle"
 
 
 def test_serve_help_lists_options() -> None:
