@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +11,7 @@ import redis.asyncio as aioredis
 import typer
 from redis.exceptions import RedisError
 
+from gateway import durations
 from gateway.keys import KeySpace
 from gateway.policy import Policy
 from gateway.policy_file import PolicyError, load_policy
@@ -36,18 +36,12 @@ PolicyOpt = Annotated[
 ]
 
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
 def parse_duration(text: str) -> float | None:
     """Seconds in "90s", "10m", "1h30m", "2d"; None for "0", "never" or "none" (no expiry)."""
-    if text.strip().lower() in ("0", "never", "none"):
-        return None
-    match = _DURATION.match(text.strip())
-    if not text.strip() or match is None or not any(match.groups()):
-        raise typer.BadParameter(f"{text!r} is not a duration like 30s, 10m, 1h30m or 2d")
-    d, h, m, s = (int(g) if g else 0 for g in match.groups())
-    return float(d * 86400 + h * 3600 + m * 60 + s)
+    try:
+        return durations.parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

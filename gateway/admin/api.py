@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from gateway import durations
 from gateway.admin.actions import Action, ActionError, perform
 from gateway.admin.audit import read as read_audit
 from gateway.admin.auth import check_bearer
@@ -48,7 +49,6 @@ PREFIX = "/admin/api"
 MAX_BODY_BYTES = 16 * 1024
 MAX_DURATION_S = 400 * 86_400
 _CLIENT_ID = re.compile(r"^(?:[0-9a-f]{64}|anonymous)$")
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _BODY_FIELDS = frozenset({"action", "reason", "level", "label", "ttl", "actor"})
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
@@ -74,17 +74,7 @@ def valid_client_id(text: str) -> bool:
 def parse_duration(text: str) -> float | None:
     """Seconds in ``90s``, ``10m``, ``1h30m``, ``2d``; None for ``never``/``none``/``0``.
     Raises ValueError for anything else, or for more than ``MAX_DURATION_S``."""
-    text = text.strip().lower()
-    if text in ("0", "never", "none"):
-        return None
-    match = _DURATION.match(text)
-    if not text or match is None or not any(match.groups()):
-        raise ValueError(f"{text[:40]!r} is not a duration like 30s, 10m, 1h30m or 2d")
-    d, h, m, s = (int(g) if g else 0 for g in match.groups())
-    seconds = float(d * 86_400 + h * 3_600 + m * 60 + s)
-    if seconds > MAX_DURATION_S:
-        raise ValueError(f"{text[:40]!r} is longer than {MAX_DURATION_S // 86_400} days")
-    return seconds
+    return durations.parse_duration(text, MAX_DURATION_S)
 
 
 def parse_since(text: str | None, now_ms: float) -> int | None:
