@@ -296,7 +296,7 @@ async def _block(redis_url: str, keys: KeySpace, client_id: str) -> None:
 
     redis = aioredis.Redis.from_url(redis_url)
     try:
-        action = Action("block", reason="demo: carol's key was reported stolen", ttl_s=600)
+        action = Action("block", reason="key reported stolen", ttl_s=600)
         await perform(redis, keys, client_id, action, actor="demo-operator")
     finally:
         await redis.aclose()
