@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,9 @@ from detectors.train import (
 )
 from detectors.windows import MAX_WINDOW, bounded_window
 
+if TYPE_CHECKING:
+    from detectors.models.sequence import SequenceDetector
+
 OPERATING_FPR = "0.003"
 LOOKALIKES = ("eval_harness", "batch_labelling")
 SHARES = (0.05, 0.1, 0.25, 0.5)
@@ -51,20 +54,21 @@ def _pure(c: Client) -> bool:
 
 
 def roc_metrics(pos: npt.NDArray[np.float64], neg: npt.NDArray[np.float64]) -> dict[str, float]:
-    """AUROC and TPR at test FPR ≤ 0.1 % / 1 % (threshold-free, from the ROC)."""
+    """AUROC and TPR at test FPR ≤ 0.1 % / 0.3 % / 1 % (threshold-free, from the ROC)."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     if pos.size == 0 or neg.size == 0:
         return {
             "auroc": float("nan"),
             "tpr_at_fpr_0.001": float("nan"),
+            "tpr_at_fpr_0.003": float("nan"),
             "tpr_at_fpr_0.01": float("nan"),
         }
     y = np.r_[np.ones(pos.size), np.zeros(neg.size)]
     s = np.nan_to_num(np.r_[pos, neg], neginf=-1e9)
     fpr, tpr, _ = roc_curve(y, s)
     out = {"auroc": float(roc_auc_score(y, s))}
-    for cap in (0.001, 0.01):
+    for cap in (0.001, 0.003, 0.01):
         out[f"tpr_at_fpr_{cap}"] = float(tpr[fpr <= cap].max()) if (fpr <= cap).any() else 0.0
     return out
 
@@ -182,9 +186,15 @@ def evaluate(
     scale: float = DEFAULT_SCALE,
     clients: Sequence[Client] | None = None,
     baselines: bool = True,
+    sequence: SequenceDetector | None = None,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
-    """The evaluation report (a JSON-able dict) of ``detector`` on a fresh simulation."""
+    """The evaluation report (a JSON-able dict) of ``detector`` on a fresh simulation.
+
+    With ``sequence``, the sequence model scores the same windows (rows ``sequence``), and,
+    when its artifact carries thresholds for this additive model, so does the mean of the two
+    calibrated scores (rows ``combined``).
+    """
     started = time.perf_counter()
     if clients is None:
         progress(f"simulating evaluation traffic (seed {seed + EVAL_SEED_OFFSET}, scale {scale})")
@@ -196,6 +206,20 @@ def evaluate(
         progress("scoring baselines")
         scores.update(_baseline_scores(clients, traj.owner, traj.k, baseline_scorers(detector)))
         thresholds.update(detector.metadata.get("baseline_thresholds", {}))
+    notes: list[str] = []
+    if sequence is not None:
+        progress(f"scoring the sequence model {sequence.version}")
+        scores["sequence"] = sequence_window_scores(sequence, clients, traj.owner, traj.k)
+        thresholds["sequence"] = sequence.threshold_by_fpr
+        combined = sequence.combined
+        if combined.get("lr_version") == detector.version:
+            scores["combined"] = 0.5 * (scores["ours"] + scores["sequence"])
+            thresholds["combined"] = dict(combined["threshold_by_fpr"])
+        else:
+            notes.append(
+                f"no combined row: {sequence.version} was calibrated with additive model "
+                f"{combined.get('lr_version')!r}, not {detector.version!r}"
+            )
     n = len(clients)
     scored = np.bincount(traj.owner, minlength=n) > 0
     benign = [i for i, c in enumerate(clients) if not c.attack and scored[i]]
@@ -217,6 +241,7 @@ def evaluate(
         "benign_unscored": sum(1 for i, c in enumerate(clients) if not c.attack and not scored[i]),
         "operating_fpr": OPERATING_FPR,
         "detectors": {},
+        "notes": notes,
     }
     for name, s in scores.items():
         client_max = traj.client_max(s, n)
@@ -271,6 +296,21 @@ def evaluate(
     return report
 
 
+def sequence_window_scores(
+    sequence: SequenceDetector,
+    clients: Sequence[Client],
+    owner: npt.NDArray[np.int64],
+    ks: npt.NDArray[np.int64],
+) -> npt.NDArray[np.float64]:
+    """The sequence model's score of each (client, checkpoint) window."""
+    from detectors.train_sequence import windows_of
+
+    win = windows_of(clients, sequence.config.seq_len, sequence.min_requests)
+    if not (np.array_equal(win.owner, owner) and np.array_equal(win.k, ks)):
+        raise ValueError("sequence windows differ from the additive model's checkpoints")
+    return sequence.score_matrices(win.mats)
+
+
 def _roc_points(
     client_max: npt.NDArray[np.float64], pos: list[int], neg: list[int]
 ) -> dict[str, list[float]]:
@@ -306,14 +346,26 @@ def _fmt(x: float, pct: bool = True) -> str:
     return f"{100 * x:.1f} %" if pct else f"{x:.3f}"
 
 
+DETECTOR_NAMES = {
+    "ours": "ours (additive LR)",
+    "sequence": "sequence (torch conv+attention)",
+    "combined": "combined (mean of LR and sequence)",
+    "prada": "PRADA-style",
+    "mmd": "MMD (SimHash)",
+}
+
+
 def markdown_table(report: Mapping[str, Any]) -> str:
-    names = {"ours": "ours (additive LR)", "prada": "PRADA-style", "mmd": "MMD (SimHash)"}
+    names = DETECTOR_NAMES
     lines = [
-        "| detector | split | AUROC | TPR @ FPR 0.1 % | TPR @ FPR 1 % | TPR @ op. threshold | "
-        "benign FPR @ op. | look-alike FPR | median / p90 queries-to-detect |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| detector | split | AUROC | TPR @ FPR 0.1 % | TPR @ FPR 0.3 % | TPR @ FPR 1 % | "
+        "TPR @ op. threshold | benign FPR @ op. | look-alike FPR | "
+        "median / p90 queries-to-detect |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, entry in report["detectors"].items():
+    order = {name: i for i, name in enumerate(DETECTOR_NAMES)}
+    detectors = sorted(report["detectors"].items(), key=lambda kv: order.get(kv[0], len(order)))
+    for name, entry in detectors:
         for split in ("held_out", "in_distribution"):
             g = entry[split]
             q50, q90 = g["queries_to_detect_median"], g["queries_to_detect_p90"]
@@ -321,6 +373,7 @@ def markdown_table(report: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {names.get(name, name)} | {split.replace('_', '-')} (n={g['n_attack']}) | "
                 f"{_fmt(g['auroc'], False)} | {_fmt(g['tpr_at_fpr_0.001'])} | "
+                f"{_fmt(g.get('tpr_at_fpr_0.003', float('nan')))} | "
                 f"{_fmt(g['tpr_at_fpr_0.01'])} | {_fmt(g['tpr_at_operating'])} | "
                 f"{_fmt(entry['benign_fpr_at_operating'])} | {_fmt(entry['lookalike_fpr'])} | "
                 f"{qtd} |"
@@ -330,12 +383,13 @@ def markdown_table(report: Mapping[str, Any]) -> str:
         "| detector | " + " | ".join(f"{int(s * 100)} % share" for s in SHARES) + " |",
         "|---|" + "---|" * len(SHARES),
     ]
-    for name, entry in report["detectors"].items():
+    for name, entry in detectors:
         lines.append(
             f"| {names.get(name, name)} | "
             + " | ".join(_fmt(entry["by_share"][str(s)]) for s in SHARES)
             + " |"
         )
+    lines += [f"\nNote: {note}" for note in report.get("notes", [])]
     return "\n".join(lines)
 
 
@@ -407,13 +461,33 @@ def eval_command(
         bool, typer.Option(help="A small subset of families at scale 0.25 (seconds, not minutes).")
     ] = False,
     baselines: Annotated[bool, typer.Option(help="Also score the PRADA and MMD baselines.")] = True,
+    sequence: Annotated[
+        bool, typer.Option(help="Also score the torch sequence model (needs the torch extra).")
+    ] = True,
+    sequence_model: Annotated[
+        Path | None, typer.Option(help="Sequence artifact (.json) or directory; shipped if unset.")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
 ) -> None:
     """Evaluate the detector on fresh simulated traffic, held-out families included."""
-    detector = load_default_detector() if model is None else load_detector(model)
+    from detectors.models import ArtifactError
+
+    try:
+        detector = load_default_detector() if model is None else load_detector(model)
+        seq, note = sequence_for_eval(sequence, sequence_model)
+    except ArtifactError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     report = run_eval(
-        detector, seed=seed, scale=scale, quick=quick, baselines=baselines, progress=typer.echo
+        detector,
+        seed=seed,
+        scale=scale,
+        quick=quick,
+        baselines=baselines,
+        sequence=seq,
+        progress=typer.echo,
     )
+    if note:
+        report["notes"].append(note)
     typer.echo(markdown_table(report))
     hydra = report["detectors"]["ours"].get("hydra", {})
     if hydra:
@@ -432,11 +506,19 @@ def run_eval(
     scale: float = DEFAULT_SCALE,
     quick: bool = False,
     baselines: bool = True,
+    sequence: SequenceDetector | None = None,
     progress: Progress = _quiet,
 ) -> dict[str, Any]:
     """:func:`evaluate` on a fresh simulation (``quick``: a family subset at a small scale)."""
     if not quick:
-        return evaluate(detector, seed=seed, scale=scale, baselines=baselines, progress=progress)
+        return evaluate(
+            detector,
+            seed=seed,
+            scale=scale,
+            baselines=baselines,
+            sequence=sequence,
+            progress=progress,
+        )
     progress(f"simulating (quick: {len(QUICK_FAMILIES)} families, scale {QUICK_SCALE})")
     clients = simulate(seed + EVAL_SEED_OFFSET, QUICK_SCALE, QUICK_FAMILIES)
     report = evaluate(
@@ -445,7 +527,86 @@ def run_eval(
         scale=QUICK_SCALE,
         clients=clients,
         baselines=baselines,
+        sequence=sequence,
         progress=progress,
     )
     report["quick"] = True
     return report
+
+
+def sequence_for_eval(
+    enabled: bool, path: Path | None = None
+) -> tuple[SequenceDetector | None, str | None]:
+    """(the sequence model to evaluate, or None with the reason as a note for the table).
+
+    An explicit ``path`` that does not load raises ``ArtifactError``.
+    """
+    from detectors.models.sequence import (
+        load_default_sequence_detector,
+        load_sequence_detector,
+        torch_available,
+    )
+
+    if not enabled:
+        return None, None
+    if not torch_available():
+        return None, (
+            "sequence model not evaluated: torch is not installed "
+            "(install the extra: pip install -e '.[torch]')"
+        )
+    if path is not None:
+        return load_sequence_detector(path), None
+    from detectors.models import ARTIFACT_DIR
+    from detectors.models.sequence import SEQUENCE_NAME
+
+    if not (ARTIFACT_DIR / f"{SEQUENCE_NAME}.json").exists():
+        return None, "sequence model not evaluated: no shipped sequence artifact"
+    return load_default_sequence_detector(), None
+
+
+def write_sequence_card(seq: SequenceDetector, report: Mapping[str, Any], out: Path) -> None:
+    """``sequence_metrics.json`` and ``sequence_metrics.md`` next to the sequence artifact."""
+    slim = {
+        k: v
+        for k, v in report.items()
+        if k not in ("roc_held_out", "score_over_time", "eval_seconds")
+    }
+    (out / "sequence_metrics.json").write_text(json.dumps(slim, indent=2, sort_keys=True) + "\n")
+    fit = seq.metadata.get("fit", {})
+    oof = seq.metadata.get("out_of_fold", {})
+    combined = seq.combined
+    md = [
+        f"# Sequence detector {seq.version}: metrics card",
+        "",
+        f"Model: per-request stream (last {seq.config.seq_len} requests of the window, "
+        f"{len(seq.input_mean)} features per request) -> linear embedding ({seq.config.hidden}) "
+        f"-> two residual 1-D convolutions (kernel {seq.config.kernel}, the second dilated) -> "
+        "attention + mean pooling -> MLP; torch, trained "
+        f"{fit.get('epochs', '?')} epochs (AdamW, lr {fit.get('lr', '?')}, weight decay "
+        f"{fit.get('weight_decay', '?')}, batch {fit.get('batch_size', '?')}, "
+        f"{fit.get('threads', '?')} threads, deterministic algorithms), in "
+        f"{seq.metadata.get('train_seconds', '?')} s. Scores are calibrated like the additive "
+        "model's (0.5 / 0.85 = 1 % / 0.3 % out-of-fold benign-client FPR).",
+        f"Out-of-fold on the training families (leave-attack-family-out, "
+        f"{fit.get('folds', '?')} folds): TPR @ 1 % FPR "
+        f"{oof.get('oof_tpr_at_fpr_0.01', float('nan')):.3f}, AUROC "
+        f"{oof.get('oof_auroc', float('nan')):.4f}"
+        + (
+            f"; combined with {combined['lr_version']} (mean of calibrated scores): "
+            f"{combined['oof']['oof_tpr_at_fpr_0.01']:.3f} / {combined['oof']['oof_auroc']:.4f}; "
+            f"additive alone: {combined['lr_oof']['oof_tpr_at_fpr_0.01']:.3f} / "
+            f"{combined['lr_oof']['oof_auroc']:.4f}."
+            if combined
+            else "."
+        ),
+        f"Trained on simulator families: {', '.join(seq.metadata.get('families', []))}.",
+        f"Held out (never trained on): {', '.join(report['held_out_families'])}.",
+        f"Evaluation: fresh simulation, seed {report['seed']}, scale {report['scale']}, "
+        f"{report['clients']} clients ({report['benign_scored']} benign scored).",
+        "",
+        markdown_table(report),
+        "",
+        "Reproduce: `antidistill train --model sequence --seed "
+        f"{seq.metadata.get('seed', 0)}` (writes this card), `antidistill eval`.",
+    ]
+    (out / "sequence_metrics.md").write_text("\n".join(md) + "\n")

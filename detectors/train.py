@@ -329,6 +329,26 @@ CANDIDATES = tuple(
 )
 
 
+def oof_window_scores(
+    traj: Trajectories,
+    y: npt.NDArray[np.int64],
+    weight: npt.NDArray[np.float64],
+    fold_of: npt.NDArray[np.int64],
+    benign: BenignReference,
+    candidate: Candidate,
+) -> npt.NDArray[np.float64]:
+    """Each window's (uncalibrated) score from the model fit without its client's fold."""
+    oof = np.full(len(traj.owner), np.nan)
+    for f in np.unique(fold_of):
+        test = fold_of[traj.owner] == f
+        part = fit_additive(
+            traj.X[~test], y[~test], weight[~test], candidate.bins, candidate.C, candidate.drop
+        )
+        probe = _detector(part, benign, np.zeros(len(FEATURE_NAMES)), {}, "fold", {})
+        oof[test] = probe.score(traj.X[test])
+    return oof
+
+
 def _oof_client_scores(
     traj: Trajectories,
     y: npt.NDArray[np.int64],
@@ -338,14 +358,7 @@ def _oof_client_scores(
     benign: BenignReference,
     candidate: Candidate,
 ) -> npt.NDArray[np.float64]:
-    oof = np.full(len(traj.owner), np.nan)
-    for f in np.unique(fold_of):
-        test = fold_of[traj.owner] == f
-        part = fit_additive(
-            traj.X[~test], y[~test], weight[~test], candidate.bins, candidate.C, candidate.drop
-        )
-        probe = _detector(part, benign, np.zeros(len(FEATURE_NAMES)), {}, "fold", {})
-        oof[test] = probe.score(traj.X[test])
+    oof = oof_window_scores(traj, y, weight, fold_of, benign, candidate)
     return traj.client_max(oof, n_clients)
 
 
@@ -553,7 +566,17 @@ def train(
     return detector, json_path
 
 
+MODELS = ("lr", "sequence")
+
+
 def train_command(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="lr: the additive logistic model (default); sequence: the torch sequence "
+            "model over per-request streams (needs the torch extra and the lr artifact)."
+        ),
+    ] = "lr",
     seed: Annotated[int, typer.Option(help="Simulator and fit seed.")] = 0,
     out: Annotated[Path, typer.Option(help="Artifact directory.")] = ARTIFACT_DIR,
     scale: Annotated[float, typer.Option(help="Simulated clients per family, x.")] = DEFAULT_SCALE,
@@ -569,6 +592,15 @@ def train_command(
     prefix: Annotated[str, typer.Option(help="Key prefix of the decision log.")] = "antidistill",
 ) -> None:
     """Train the harvesting detector on simulated traffic and write a versioned artifact."""
+    if model not in MODELS:
+        raise typer.BadParameter(f"--model must be one of {', '.join(MODELS)}, not {model!r}")
+    if model == "sequence":
+        from detectors.models.sequence import torch_available
+
+        if not torch_available():
+            raise typer.BadParameter(
+                "--model sequence needs torch: pip install -e '.[torch]'", param_hint="--model"
+            )
     labelled: list[Client] = []
     if from_labels:
         if not redis_url:
@@ -578,6 +610,22 @@ def train_command(
             f"{len(labelled)} labelled clients from {prefix}:labels "
             f"({sum(c.attack for c in labelled)} harvesting)"
         )
+    if model == "sequence":
+        from detectors.train_sequence import train as train_sequence
+
+        try:
+            seq, seq_path = train_sequence(
+                seed=seed,
+                out=out,
+                scale=scale,
+                labelled=labelled,
+                all_families=all_families,
+                progress=typer.echo,
+            )
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        typer.echo(f"{seq.version}: {seq_path}")
+        return
     detector, path = train(
         seed=seed,
         out=out,
