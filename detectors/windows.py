@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,6 +183,35 @@ def _record_row(r: RequestRecord) -> tuple[float, ...]:
     )
 
 
+_ROWS: dict[int, tuple[RequestRecord, tuple[float, ...]]] | None = None
+
+
+@contextmanager
+def cached_rows() -> Iterator[None]:
+    """Within it, each record's row is computed once (keyed by the record's identity, which
+    the cache keeps alive): for featurizing many overlapping windows of the same records,
+    as a replay does. The live worker featurizes each window once and does not use it."""
+    global _ROWS
+    outer, _ROWS = _ROWS, _ROWS if _ROWS is not None else {}
+    try:
+        yield
+    finally:
+        _ROWS = outer
+
+
+def _rows(records: Sequence[RequestRecord]) -> list[tuple[float, ...]]:
+    cache = _ROWS
+    if cache is None:
+        return [_record_row(r) for r in records]
+    out = []
+    for r in records:
+        hit = cache.get(id(r))
+        if hit is None:
+            hit = cache[id(r)] = (r, _record_row(r))
+        out.append(hit[1])
+    return out
+
+
 def window_features(
     records: Sequence[RequestRecord], *, benign: BenignReference | None = None
 ) -> npt.NDArray[np.float64]:
@@ -217,7 +247,7 @@ def window_features(
         mmd_s = mmd2(tail, benign.sketches, benign.sketch_self)
         mmd_t = mmd2(templates[-PAIRWISE_CAP:], benign.templates, benign.template_self)
 
-    rows = np.array([_record_row(r) for r in records], dtype=np.float64).reshape(n, _ROW)
+    rows = np.array(_rows(records), dtype=np.float64).reshape(n, _ROW)
     shares = rows[:, _SHARE_COLS].mean(axis=0)
     prompt_tok, completion_tok = rows[:, _PROMPT_TOK].sum(), rows[:, _COMPLETION_TOK].sum()
     words = rows[:, _WORDS]

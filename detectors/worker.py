@@ -36,19 +36,32 @@ import os
 import socket
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from detectors.ladder import decide, reason_code, reason_codes
 from detectors.schema import RequestFeatures, RequestRecord
-from gateway.identity import ANONYMOUS
+from detectors.scoring import (
+    EXPLAIN_TOP,
+    Explanation,
+    Models,
+    Scorer,
+    active_windows,
+    featurize,
+    is_due,
+    ladder_decision,
+    load_default_models,
+    own_result,
+    record_of_event,
+    score_campaigns,
+    sorted_window,
+)
 from gateway.keys import KeySpace
 from gateway.policy import Policy
 from gateway.ratelimit.levels import Level, decode_level
@@ -63,51 +76,10 @@ DETECTOR_TTL_S = 7 * 86_400
 HISTORY_LEN = 512  # score-history points kept per client
 AUDIT_MAXLEN = 100_000
 STATS_EVERY_S = 5.0
-EXPLAIN_TOP = 3
-_SELF_INFLICTED = ("throttle", "block")
 YIELD_EVERY = 64  # events decoded between yields to the event loop
 SINCE_FIELD = "detector_since_ms"
-CAMPAIGN_WINDOW = 500  # a campaign's pooled window: its members' latest requests
-CAMPAIGN_ACTIVE_MS = 3_600_000  # linking looks at clients active in the last hour
 
-Vector = npt.NDArray[np.float64]
-
-
-class Scorer(Protocol):
-    """What the worker needs of a detector model (``detectors.models.Detector``)."""
-
-    @property
-    def min_requests(self) -> int: ...
-
-    def score(self, X: Any) -> Any: ...
-
-    def explain(self, x: Any, top: int = ...) -> list[tuple[str, float, float, float]]: ...
-
-
-Featurize = Callable[[Sequence[RequestRecord]], Any]
-"""One client's window of records → its feature vector (``detectors.windows``)."""
-
-Link = Callable[[Mapping[str, Sequence[RequestRecord]]], Sequence[Any]]
-"""Windows by client → campaigns with ``.id``, ``.clients`` and ``.links`` (evidence kinds)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Models:
-    """What the worker scores with: the model, the window featurizer, the campaign linker."""
-
-    scorer: Scorer
-    featurize: Featurize
-    link: Link | None = None
-
-
-def load_default_models() -> Models:
-    """The shipped detector (imported here: scikit-learn loads in about a second)."""
-    from detectors.campaigns import link_clients
-    from detectors.models import load_default_detector
-
-    detector = load_default_detector()
-    # The worker scores campaigns itself (with reason codes), so the linker only links.
-    return Models(detector, detector.features, link_clients)
+__all__ = ["DetectorWorker", "Models", "Scorer", "load_default_models", "pack", "unpack"]
 
 
 def default_consumer() -> str:
@@ -174,21 +146,13 @@ def unpack(client: str, data: bytes) -> RequestRecord:
 
 
 def record_of(fields: dict[bytes, bytes]) -> RequestRecord | None:
-    """The record of one stream entry; None for what the windows leave out.
-
-    Left out: anonymous requests, and requests refused because of the enforcement level
-    the detector itself set (refused at ``block``, rate limited at ``throttle``). Counting
-    those would feed enforcement back into the score: a blocked client's window would fill
-    with refusals, its score fall, the block lift, and the attack resume — a loop.
-    """
-    event = DecisionEvent.from_fields(
-        {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+    """The record of one stream entry; None for what the windows leave out
+    (:func:`detectors.scoring.record_of_event`)."""
+    return record_of_event(
+        DecisionEvent.from_fields(
+            {k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()}
+        )
     )
-    if not event.client or event.client == ANONYMOUS:
-        return None
-    if event.decision != "admitted" and event.level in _SELF_INFLICTED:
-        return None
-    return RequestRecord.from_event(event)
 
 
 # -- per-client state ------------------------------------------------------------------
@@ -204,8 +168,8 @@ class _Window:
     flagged_after: int = 0  # requests seen when the level first reached degrade
     campaign: tuple[float, tuple[str, ...]] | None = None  # (score, reasons) until relinked
     campaign_id: str = ""
-    explain: list[tuple[str, float, float, float]] = field(default_factory=list)
-    campaign_explain: list[tuple[str, float, float, float]] = field(default_factory=list)
+    explain: Explanation = field(default_factory=list)
+    campaign_explain: Explanation = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -522,20 +486,19 @@ class DetectorWorker:
 
     def _due(self, policy: Policy) -> list[str]:
         det = policy.detector
-        minimum = det.min_requests or self.scorer.min_requests
+        # With peers, this worker sees only part of a client's requests: the minimum is
+        # checked against the shared window when it is read back.
+        minimum = 0 if self._peers else det.min_requests or self.scorer.min_requests
         now = time.monotonic()
         due = []
         for client in self._dirty:
             window = self._windows.get(client)
-            # With peers, this worker sees only part of a client's requests: the minimum
-            # is checked against the shared window when it is read back.
-            if window is None or (window.seen < minimum and not self._peers):
-                continue
-            first = window.scored_at == 0.0
-            if (
-                first
-                or window.new >= det.score_every_requests
-                or (now - window.scored_at >= det.score_every_s)
+            if window is not None and is_due(
+                window.seen,
+                window.new,
+                None if window.scored_at == 0.0 else now - window.scored_at,
+                det,
+                minimum,
             ):
                 due.append(client)
         return due
@@ -561,8 +524,7 @@ class DetectorWorker:
             held = self._windows.get(client)
             if held is None:
                 continue
-            # The stream is in the order responses finished; windows are in request order.
-            records = sorted(shared.get(client) or held.records, key=_ts)
+            records = sorted_window(shared.get(client) or held.records)
             if len(records) < minimum:
                 held.new, held.scored_at = 0, now
                 self._dirty.discard(client)
@@ -572,22 +534,19 @@ class DetectorWorker:
         if not names:
             self._tick(started)
             return
-        X = np.vstack(
-            [np.asarray(self.models.featurize(windows[c]), dtype=np.float64) for c in names]
-        )
+        X = featurize(self.models, [windows[c] for c in names])
         scores = np.asarray(self.scorer.score(X), dtype=np.float64)
         results: dict[str, tuple[float, tuple[str, ...], int]] = {}
-        watch = policy.detector.thresholds.watch - policy.detector.hysteresis
         for i, client in enumerate(names):
             window = self._windows[client]
             window.new, window.scored_at = 0, now
             self._dirty.discard(client)
-            score = float(scores[i])
-            explanation = self.scorer.explain(X[i], EXPLAIN_TOP) if score >= watch else []
-            reasons = reason_codes(score, explanation, EXPLAIN_TOP)
-            window.explain = explanation
-            if window.campaign is not None and window.campaign[0] > score:
-                score, reasons = window.campaign[0], (*window.campaign[1], *reasons[1:])
+            score, reasons, window.explain = own_result(
+                float(scores[i]),
+                partial(self.scorer.explain, X[i], EXPLAIN_TOP),
+                window.campaign,
+                policy.detector,
+            )
             results[client] = (score, reasons, len(windows[client]))
         self.stats.scored += len(names)
         self._tick(started)
@@ -604,18 +563,8 @@ class DetectorWorker:
         async with self._redis.pipeline(transaction=False) as pipe:
             for client in names:
                 score, reasons, size = results[client]
-                override = policy.clients.get(client)
-                decision = decide(
-                    current[client],
-                    score,
-                    reasons,
-                    thresholds=det.thresholds,
-                    hysteresis=det.hysteresis,
-                    allowlisted=override is not None and override.allowlist,
-                    now_ms=now_ms,
-                    ttl_s=det.level_ttl_s,
-                    held_s=(now_ms - since[client]) / 1000 if since.get(client) else None,
-                    min_hold_s=det.min_hold_s,
+                decision = ladder_decision(
+                    policy, client, current[client], since.get(client), score, reasons, now_ms
                 )
                 window = self._windows.get(client)
                 if (
@@ -753,68 +702,41 @@ class DetectorWorker:
     async def link_campaigns(self) -> int:
         """Link active clients into campaigns; score each as one client; raise its members."""
         self._linked_at = time.monotonic()
-        link = self.models.link
-        if link is None:
+        if self.models.link is None:
             return 0
         policy = self._policy()
         started = time.perf_counter()
         for window in self._windows.values():
             window.campaign = None
             window.campaign_id = ""
-        newest = max((w.records[-1].ts_ms for w in self._windows.values() if w.records), default=0)
-        windows = {
-            c: sorted(w.records, key=_ts)
-            for c, w in self._windows.items()
-            if w.records and w.records[-1].ts_ms >= newest - CAMPAIGN_ACTIVE_MS
-        }
-        campaigns = [c for c in link(windows) if len(_members(c)) > 1]
+        campaigns = score_campaigns(
+            self.models, active_windows({c: w.records for c, w in self._windows.items()})
+        )
         if not campaigns:
             self._tick(started)
             return 0
-        X = np.vstack(
-            [
-                np.asarray(
-                    self.models.featurize(
-                        sorted(
-                            (r for m in _members(c) for r in windows.get(m, ())),
-                            key=_ts,
-                        )[-CAMPAIGN_WINDOW:]
-                    ),
-                    dtype=np.float64,
-                )
-                for c in campaigns
-            ]
-        )
-        scores = np.asarray(self.scorer.score(X), dtype=np.float64)
         results: dict[str, tuple[float, tuple[str, ...], int]] = {}
         stored: dict[Any, Any] = {}
         now_ms = int(time.time() * 1000)
-        for i, campaign in enumerate(campaigns):
-            score = float(scores[i])
-            members = sorted(_members(campaign))
-            campaign_id = _campaign_id(campaign, members)
-            name = reason_code(f"campaign:{campaign_id}")
-            kinds = _link_types(campaign)
-            links = tuple(reason_code(f"campaign_link:{t}") for t in kinds)
-            explanation = self.scorer.explain(X[i], EXPLAIN_TOP)
-            reasons = reason_codes(score, explanation, EXPLAIN_TOP, extra=(name, *links))
-            stored[campaign_id] = orjson.dumps(
+        for campaign in campaigns:
+            score, reasons = campaign.score, campaign.reasons
+            stored[campaign.id] = orjson.dumps(
                 {
-                    "id": campaign_id,
-                    "members": members,
-                    "links": list(kinds),
+                    "id": campaign.id,
+                    "members": list(campaign.members),
+                    "links": list(campaign.links),
                     "score": round(score, 4),
                     "reasons": list(reasons),
                     "ts": now_ms,
                 }
             )
-            for member in members:
+            for member in campaign.members:
                 held = self._windows.get(member)
                 if held is None:
                     continue
                 held.campaign = (score, reasons)
-                held.campaign_id = campaign_id
-                held.campaign_explain = explanation
+                held.campaign_id = campaign.id
+                held.campaign_explain = campaign.explanation
                 own = results.get(member)
                 if own is None or own[0] < score:
                     results[member] = (score, reasons, len(held.records))
@@ -847,7 +769,7 @@ class DetectorWorker:
         return list(window.records) if window is not None else []
 
 
-def _explanation(window: _Window | None, score: float) -> list[tuple[str, float, float, float]]:
+def _explanation(window: _Window | None, score: float) -> Explanation:
     """The reason codes behind ``score``: the campaign's when the campaign's score is it."""
     if window is None:
         return []
@@ -877,32 +799,6 @@ def _audit_fields(
         "label": "",
         "previous_level": previous,
     }
-
-
-def _ts(record: RequestRecord) -> int:
-    return record.ts_ms
-
-
-def _members(campaign: Any) -> tuple[str, ...]:
-    members = getattr(campaign, "clients", None) or getattr(campaign, "members", None) or ()
-    return tuple(str(m) for m in members)
-
-
-def _link_types(campaign: Any) -> tuple[str, ...]:
-    for name in ("link_types", "links", "reasons"):
-        value = getattr(campaign, name, None)
-        if value:
-            if isinstance(value, dict):
-                return tuple(str(k) for k in value)
-            return tuple(str(v) for v in value)
-    return ("shared",)
-
-
-def _campaign_id(campaign: Any, members: Sequence[str]) -> str:
-    given = getattr(campaign, "id", None)
-    if given:
-        return str(given)[:16]
-    return members[0][:12]
 
 
 def _text(value: bytes | str) -> str:

@@ -23,15 +23,16 @@ import redis.asyncio as aioredis
 import yaml
 from typer.testing import CliRunner
 
+from detectors import replay as replay_module
+from detectors.replay import ReplayOutcome, replay, replay_many, score_timeline
 from detectors.schema import RequestFeatures, RequestRecord
 from detectors.worker import DetectorWorker, Models, load_default_models
-from gateway import replay as replay_module
 from gateway.cli import app
 from gateway.keys import KeySpace
 from gateway.policy import Policy
 from gateway.ratelimit.levels import LEVELS
 from gateway.ratelimit.limiter import Limiter
-from gateway.replay import ReplayOutcome, compare, replay, replay_many, score_timeline
+from gateway.replay import compare
 from gateway.store.events import DecisionEvent
 from sim.traffic import SimClient, generate
 from sim.traffic.export import to_event

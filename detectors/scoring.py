@@ -1,0 +1,255 @@
+"""What the detector decides, without I/O: shared by the live worker and ``policy replay``.
+
+The worker (:mod:`detectors.worker`) feeds these from the decision stream and Redis; the
+replay (:mod:`detectors.replay`) from the logged events in event time. Both call the same
+functions, so a replay follows the worker's filter, cadence, reason codes, campaign
+scoring and ladder by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from detectors.ladder import Decision, decide, reason_code, reason_codes
+from detectors.schema import RequestRecord
+from gateway.identity import ANONYMOUS
+from gateway.policy import Detector as DetectorPolicy
+from gateway.policy import Policy
+from gateway.ratelimit.levels import Level
+from gateway.store.events import DecisionEvent
+
+EXPLAIN_TOP = 3
+CAMPAIGN_WINDOW = 500  # a campaign's pooled window: its members' latest requests
+CAMPAIGN_ACTIVE_MS = 3_600_000  # linking looks at clients active in the last hour
+_SELF_INFLICTED = ("throttle", "block")
+
+Vector = npt.NDArray[np.float64]
+Explanation = list[tuple[str, float, float, float]]
+
+
+class Scorer(Protocol):
+    """What the worker needs of a detector model (``detectors.models.Detector``)."""
+
+    @property
+    def min_requests(self) -> int: ...
+
+    def score(self, X: Any) -> Any: ...
+
+    def explain(self, x: Any, top: int = ...) -> Explanation: ...
+
+
+Featurize = Callable[[Sequence[RequestRecord]], Any]
+"""One client's window of records → its feature vector (``detectors.windows``)."""
+
+Link = Callable[[Mapping[str, Sequence[RequestRecord]]], Sequence[Any]]
+"""Windows by client → campaigns with ``.id``, ``.clients`` and ``.links`` (evidence kinds)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Models:
+    """What the detector scores with: the model, the window featurizer, the campaign linker."""
+
+    scorer: Scorer
+    featurize: Featurize
+    link: Link | None = None
+
+
+def load_default_models() -> Models:
+    """The shipped detector (imported here: scikit-learn loads in about a second)."""
+    from detectors.campaigns import link_clients
+    from detectors.models import load_default_detector
+
+    detector = load_default_detector()
+    # Campaigns are scored here (with reason codes), so the linker only links.
+    return Models(detector, detector.features, link_clients)
+
+
+# -- which requests count ---------------------------------------------------------------
+
+
+def record_of_event(event: DecisionEvent) -> RequestRecord | None:
+    """The record of one decision event; None for what the windows leave out.
+
+    Left out: anonymous requests, and requests refused because of the enforcement level
+    the detector itself set (refused at ``block``, rate limited at ``throttle``). Counting
+    those would feed enforcement back into the score: a blocked client's window would fill
+    with refusals, its score fall, the block lift, and the attack resume — a loop.
+    Raises ValueError for an event whose features do not parse.
+    """
+    if not event.client or event.client == ANONYMOUS:
+        return None
+    if event.decision != "admitted" and event.level in _SELF_INFLICTED:
+        return None
+    return RequestRecord.from_event(event)
+
+
+def sorted_window(records: Sequence[RequestRecord]) -> list[RequestRecord]:
+    """A window in request order (the stream is in the order responses finished)."""
+    return sorted(records, key=_ts)
+
+
+def _ts(record: RequestRecord) -> int:
+    return record.ts_ms
+
+
+# -- when a client is scored ------------------------------------------------------------
+
+
+def is_due(
+    seen: int, new: int, since_scored_s: float | None, det: DetectorPolicy, minimum: int
+) -> bool:
+    """Whether a client is scored now: once it has ``minimum`` requests (``seen``), then
+    after ``score_every_requests`` ``new`` ones or ``score_every_s`` since its last scoring
+    (``since_scored_s``; None: never scored)."""
+    if seen < minimum:
+        return False
+    return (
+        since_scored_s is None
+        or new >= det.score_every_requests
+        or since_scored_s >= det.score_every_s
+    )
+
+
+def featurize(models: Models, windows: Sequence[Sequence[RequestRecord]]) -> Vector:
+    """The windows' feature vectors, one row each."""
+    if not windows:
+        return np.zeros((0, 0), dtype=np.float64)
+    return np.vstack([np.asarray(models.featurize(w), dtype=np.float64) for w in windows])
+
+
+def own_result(
+    score: float,
+    explain: Callable[[], Explanation],
+    campaign: tuple[float, tuple[str, ...]] | None,
+    det: DetectorPolicy,
+) -> tuple[float, tuple[str, ...], Explanation]:
+    """A client's score, reason codes and explanation from its own window's ``score``.
+
+    ``explain`` is called only at ``watch - hysteresis`` or above (below it a score needs
+    no reasons, and explaining costs). A campaign that linked the client and scores higher
+    (``campaign``: its score and reasons until the next linking) stands in for it.
+    """
+    gate = det.thresholds.watch - det.hysteresis
+    explanation = explain() if score >= gate else []
+    reasons = reason_codes(score, explanation, EXPLAIN_TOP)
+    if campaign is not None and campaign[0] > score:
+        return campaign[0], (*campaign[1], *reasons[1:]), explanation
+    return score, reasons, explanation
+
+
+def ladder_decision(
+    policy: Policy,
+    client: str,
+    current: Level,
+    since_ms: float | None,
+    score: float,
+    reasons: Sequence[str],
+    now_ms: float,
+) -> Decision:
+    """The ladder (:func:`detectors.ladder.decide`) under ``policy`` for a client at
+    ``current``, a level the detector set at ``since_ms`` (None: unknown)."""
+    det = policy.detector
+    override = policy.clients.get(client)
+    return decide(
+        current,
+        score,
+        reasons,
+        thresholds=det.thresholds,
+        hysteresis=det.hysteresis,
+        allowlisted=override is not None and override.allowlist,
+        now_ms=now_ms,
+        ttl_s=det.level_ttl_s,
+        held_s=(now_ms - since_ms) / 1000 if since_ms else None,
+        min_hold_s=det.min_hold_s,
+    )
+
+
+# -- campaigns --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignScore:
+    """A linked campaign scored as one client on its members' pooled window."""
+
+    id: str
+    members: tuple[str, ...]  # sorted
+    links: tuple[str, ...]  # evidence kinds
+    score: float
+    reasons: tuple[str, ...]
+    explanation: Explanation
+
+
+def active_windows(
+    windows: Mapping[str, Sequence[RequestRecord]], size: int | None = None
+) -> dict[str, list[RequestRecord]]:
+    """The windows linking looks at, in request order: clients whose latest record (in
+    stream order) is within an hour of the newest. ``size``: keep each one's last ``size``
+    records (the windows given are longer)."""
+    newest = max((r[-1].ts_ms for r in windows.values() if r), default=0)
+    return {
+        c: sorted_window(r if size is None else r[-size:])
+        for c, r in windows.items()
+        if r and r[-1].ts_ms >= newest - CAMPAIGN_ACTIVE_MS
+    }
+
+
+def score_campaigns(
+    models: Models, windows: Mapping[str, Sequence[RequestRecord]]
+) -> list[CampaignScore]:
+    """Link ``windows`` into campaigns (more than one member) and score each as one client
+    on its members' latest :data:`CAMPAIGN_WINDOW` requests."""
+    if models.link is None:
+        return []
+    campaigns = [c for c in models.link(windows) if len(members(c)) > 1]
+    if not campaigns:
+        return []
+    pooled = [
+        sorted_window([r for m in members(c) for r in windows.get(m, ())])[-CAMPAIGN_WINDOW:]
+        for c in campaigns
+    ]
+    X = featurize(models, pooled)
+    scores = np.asarray(models.scorer.score(X), dtype=np.float64)
+    out = []
+    for i, campaign in enumerate(campaigns):
+        score = float(scores[i])
+        names = tuple(sorted(members(campaign)))
+        cid = campaign_id(campaign, names)
+        kinds = link_types(campaign)
+        codes = (
+            reason_code(f"campaign:{cid}"),
+            *(reason_code(f"campaign_link:{t}") for t in kinds),
+        )
+        explanation = models.scorer.explain(X[i], EXPLAIN_TOP)
+        reasons = reason_codes(score, explanation, EXPLAIN_TOP, extra=codes)
+        out.append(CampaignScore(cid, names, kinds, score, reasons, explanation))
+    return out
+
+
+def members(campaign: Any) -> tuple[str, ...]:
+    """A linker's campaign's clients (``.clients`` or ``.members``)."""
+    found = getattr(campaign, "clients", None) or getattr(campaign, "members", None) or ()
+    return tuple(str(m) for m in found)
+
+
+def link_types(campaign: Any) -> tuple[str, ...]:
+    """The kinds of evidence that linked a campaign (``shared`` when it does not say)."""
+    for name in ("link_types", "links", "reasons"):
+        value = getattr(campaign, name, None)
+        if value:
+            if isinstance(value, dict):
+                return tuple(str(k) for k in value)
+            return tuple(str(v) for v in value)
+    return ("shared",)
+
+
+def campaign_id(campaign: Any, names: Sequence[str]) -> str:
+    """A campaign's id: the linker's (16 characters at most), else its first member's."""
+    given = getattr(campaign, "id", None)
+    if given:
+        return str(given)[:16]
+    return names[0][:12]
