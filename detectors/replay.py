@@ -56,6 +56,7 @@ from detectors.scoring import (
     own_result,
     record_of_event,
     score_campaigns,
+    score_windows,
     sorted_window,
 )
 from detectors.windows import cached_rows
@@ -244,7 +245,12 @@ def score_timeline(
             steps.append(_link(models, seq, clock, active_windows(by_client, size), by_client))
     with cached_rows():  # each record is in many of the windows
         X = _featurize_jobs(models, by_client, jobs, size, workers)
-    scores = np.asarray(models.scorer.score(X), dtype=np.float64) if len(jobs) else np.zeros(0)
+    windows = (
+        [sorted_window(by_client[c][max(0, n - size) : n]) for c, n in jobs]
+        if models.sequence is not None
+        else []
+    )
+    scores = score_windows(models, X, windows) if len(jobs) else np.zeros(0)
     steps.sort(key=lambda s: (s.seq, isinstance(s, Linking)))
     return ScoreTimeline(
         steps=steps,

@@ -50,6 +50,19 @@ Link = Callable[[Mapping[str, Sequence[RequestRecord]]], Sequence[Any]]
 """Windows by client → campaigns with ``.id``, ``.clients`` and ``.links`` (evidence kinds)."""
 
 
+class SequenceScorer(Protocol):
+    """A second model over the per-request stream whose score is combined with the first
+    (``detectors.models.sequence.SequenceDetector``)."""
+
+    def score_windows(self, windows: Sequence[Sequence[RequestRecord]]) -> Vector: ...
+
+    def combine(self, first: Vector, second: Vector) -> Vector: ...
+
+
+class ModelUnavailable(RuntimeError):
+    """The policy asks for a model this installation cannot load (the message says why)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Models:
     """What the detector scores with: the model, the window featurizer, the campaign linker."""
@@ -57,16 +70,46 @@ class Models:
     scorer: Scorer
     featurize: Featurize
     link: Link | None = None
+    sequence: SequenceScorer | None = None  # combined with ``scorer``'s score if set
 
 
-def load_default_models() -> Models:
-    """The shipped detector (imported here: scikit-learn loads in about a second)."""
+def check_model(model: str) -> None:
+    """Raise :class:`ModelUnavailable` now if ``model`` could not be loaded for lack of torch
+    (so ``serve`` and ``worker`` refuse to start, rather than run without a detector)."""
+    from detectors.models.sequence import torch_available
+
+    if model == "combined" and not torch_available():
+        raise ModelUnavailable(
+            "detector.model 'combined' needs torch: pip install 'antidistill[torch]' "
+            "(or set detector.model: additive)"
+        )
+
+
+def load_default_models(model: str = "additive") -> Models:
+    """The shipped detector (imported here: scikit-learn loads in about a second), and for
+    ``model="combined"`` the shipped sequence model beside it.
+
+    Raises :class:`ModelUnavailable` when the combined model needs torch and it is not
+    installed, or when the shipped sequence model was calibrated against another additive
+    model.
+    """
     from detectors.campaigns import link_clients
     from detectors.models import load_default_detector
 
     detector = load_default_detector()
+    check_model(model)
+    sequence = None
+    if model == "combined":
+        from detectors.models.sequence import load_default_sequence_detector
+
+        sequence = load_default_sequence_detector()
+        if sequence.combined.get("lr_version") != detector.version:
+            raise ModelUnavailable(
+                f"the shipped sequence model {sequence.version} was calibrated with the "
+                f"additive model {sequence.combined.get('lr_version')}, not {detector.version}"
+            )
     # Campaigns are scored here (with reason codes), so the linker only links.
-    return Models(detector, detector.features, link_clients)
+    return Models(detector, detector.features, link_clients, sequence)
 
 
 # -- which requests count ---------------------------------------------------------------
@@ -120,6 +163,16 @@ def featurize(models: Models, windows: Sequence[Sequence[RequestRecord]]) -> Vec
     if not windows:
         return np.zeros((0, 0), dtype=np.float64)
     return np.vstack([np.asarray(models.featurize(w), dtype=np.float64) for w in windows])
+
+
+def score_windows(models: Models, X: Vector, windows: Sequence[Sequence[RequestRecord]]) -> Vector:
+    """The scores of ``windows`` (``X``: their feature vectors, one row each): the model's,
+    or, with a sequence model, the two combined. Reason codes always come from the
+    additive model's explanation of ``X``."""
+    scores = np.asarray(models.scorer.score(X), dtype=np.float64)
+    if models.sequence is not None and len(windows):
+        scores = models.sequence.combine(scores, models.sequence.score_windows(windows))
+    return scores
 
 
 def own_result(
@@ -213,10 +266,10 @@ def score_campaigns(
         for c in campaigns
     ]
     X = featurize(models, pooled)
-    scores = np.asarray(models.scorer.score(X), dtype=np.float64)
+    scores = score_windows(models, X, pooled)
     out = []
     for i, campaign in enumerate(campaigns):
-        score = float(scores[i])
+        value = float(scores[i])
         names = tuple(sorted(members(campaign)))
         cid = campaign_id(campaign, names)
         kinds = link_types(campaign)
@@ -225,8 +278,8 @@ def score_campaigns(
             *(reason_code(f"campaign_link:{t}") for t in kinds),
         )
         explanation = models.scorer.explain(X[i], EXPLAIN_TOP)
-        reasons = reason_codes(score, explanation, EXPLAIN_TOP, extra=codes)
-        out.append(CampaignScore(cid, names, kinds, score, reasons, explanation))
+        reasons = reason_codes(value, explanation, EXPLAIN_TOP, extra=codes)
+        out.append(CampaignScore(cid, names, kinds, value, reasons, explanation))
     return out
 
 

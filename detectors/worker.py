@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
@@ -60,6 +59,7 @@ from detectors.scoring import (
     own_result,
     record_of_event,
     score_campaigns,
+    score_windows,
     sorted_window,
 )
 from gateway.keys import KeySpace
@@ -262,8 +262,13 @@ class DetectorWorker:
     @property
     def models(self) -> Models:
         if self._models is None:
-            self._models = (self._load_models or load_default_models)()
+            self._models = self._loader()
         return self._models
+
+    def _loader(self) -> Models:
+        if self._load_models is not None:
+            return self._load_models()
+        return load_default_models(self._policy().detector.model)
 
     @property
     def scorer(self) -> Scorer:
@@ -272,7 +277,7 @@ class DetectorWorker:
     async def load(self) -> None:
         """Load the models off the event loop (it may take a moment)."""
         if self._models is None:
-            self._models = await asyncio.to_thread(self._load_models or load_default_models)
+            self._models = await asyncio.to_thread(self._loader)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Process batches until ``stop`` is set (or the task is cancelled)."""
@@ -534,8 +539,9 @@ class DetectorWorker:
         if not names:
             self._tick(started)
             return
-        X = featurize(self.models, [windows[c] for c in names])
-        scores = np.asarray(self.scorer.score(X), dtype=np.float64)
+        ordered = [windows[c] for c in names]
+        X = featurize(self.models, ordered)
+        scores = score_windows(self.models, X, ordered)
         results: dict[str, tuple[float, tuple[str, ...], int]] = {}
         for i, client in enumerate(names):
             window = self._windows[client]

@@ -28,7 +28,7 @@ from gateway.cli_support import (
 )
 from gateway.identity import client_id_for
 from gateway.keys import KeySpace
-from gateway.policy import Level
+from gateway.policy import Level, Policy
 from gateway.policy_file import PolicyError, load_policy, policy_json_schema
 from gateway.provenance.cli import provenance_app
 from gateway.replay import replay_command
@@ -95,7 +95,7 @@ def serve(
         )
     except ValidationError as exc:
         raise fail(f"invalid settings:\n{exc}") from None
-    load_policy_or_exit(settings.policy)
+    _check_detector_model(load_policy_or_exit(settings.policy))
     # Created once here, before any worker starts, so all workers agree on client ids.
     resolve_key_secret(settings.key_secret, settings.data_dir)
     embedded = EmbeddedRedis(settings.data_dir / "redis") if settings.redis is None else None
@@ -165,7 +165,7 @@ def worker(
     from gateway.store.connect import EmbeddedRedis, connect
 
     configure_logging(log_level)
-    load_policy_or_exit(policy)
+    _check_detector_model(load_policy_or_exit(policy))
     policies = PolicyHolder(policy, Metrics())
     keys = KeySpace(policies.current.store.key_prefix)
     embedded = None if redis else EmbeddedRedis(data_dir / "redis")
@@ -366,6 +366,18 @@ def demo(
     from gateway.demo import run_demo
 
     raise typer.Exit(run_demo(data_dir, toy=toy_upstream))
+
+
+def _check_detector_model(policy: Policy) -> None:
+    """Refuse to start a detector that cannot load the model the policy names."""
+    if not policy.detector.enabled:
+        return
+    from detectors.scoring import ModelUnavailable, check_model
+
+    try:
+        check_model(policy.detector.model)
+    except ModelUnavailable as exc:
+        raise fail(f"cannot start the detector: {exc}") from None
 
 
 def _text(value: bytes | str) -> str:

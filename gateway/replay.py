@@ -20,7 +20,7 @@ import typer
 
 from detectors.ladder import RANK
 from detectors.replay import Cadence, ReplayOutcome, default_workers, link_interval_s, replay_many
-from detectors.scoring import load_default_models
+from detectors.scoring import ModelUnavailable, load_default_models
 from gateway.cli_support import (
     DataDirOpt,
     RedisOpt,
@@ -291,8 +291,16 @@ def replay_command(
     if len(events) >= PROGRESS_EVENTS:
         typer.echo(f"replaying {len(events):,} events under two policies …", err=True)
     started = time.perf_counter()
-    models = load_default_models()
-    cur, cand = replay_many(events, [old, new], models, workers=default_workers())
+    try:
+        loaded = {m: load_default_models(m) for m in (old.detector.model, new.detector.model)}
+    except ModelUnavailable as exc:
+        raise fail(str(exc)) from None
+    models = loaded[new.detector.model]
+    if old.detector.model == new.detector.model:
+        cur, cand = replay_many(events, [old, new], models, workers=default_workers())
+    else:  # different models score differently: each policy scores on its own
+        (cur,) = replay_many(events, [old], loaded[old.detector.model], workers=default_workers())
+        (cand,) = replay_many(events, [new], models, workers=default_workers())
     elapsed = time.perf_counter() - started
     comparison = compare(cur, cand, _names(new, old))
     first, last = min(e.ts for e in events), max(e.ts for e in events)

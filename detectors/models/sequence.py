@@ -311,6 +311,14 @@ class SequenceDetector:
         out: npt.NDArray[np.float64] = np.exp(-np.logaddexp(0.0, -z))
         return out
 
+    def score_windows(self, windows: Sequence[Sequence[RequestRecord]]) -> npt.NDArray[np.float64]:
+        """The scores of time-ordered windows, one call for all (their last ``seq_len``)."""
+        mats = []
+        for records in windows:
+            tail = records[-self.config.seq_len :]
+            mats.append(sequence_matrix(StreamArrays.of(tail), 0, len(tail), self.config.seq_len))
+        return self.score_matrices(mats) if mats else np.zeros(0, dtype=np.float64)
+
     def score_records(self, records: Sequence[RequestRecord]) -> float | None:
         """The score of one time-ordered window; None below ``min_requests``."""
         if len(records) < self.min_requests:

@@ -348,15 +348,19 @@ async def test_a_raised_level_is_held_for_min_hold_s(
     assert await redis.hget(worker.detector_key(ATTACKER), "score") == b"0.0000"
 
 
+@pytest.mark.parametrize("model", ["additive", "combined"])
 async def test_the_shipped_model_through_the_worker(
-    redis: aioredis.Redis, keyspace: KeySpace
+    redis: aioredis.Redis, keyspace: KeySpace, model: str
 ) -> None:
     """The real detector, fed simulated decision events through the stream."""
     from sim.traffic import generate
 
+    if model == "combined":
+        pytest.importorskip("torch")
     attacker = generate("self_instruct", seed=3, clients=1, duration_s=3600)[0]
     benign = generate("eval_harness", seed=3, clients=1, duration_s=1200)[0]
-    worker = DetectorWorker(redis, keyspace, lambda: Policy(), block_ms=10)
+    chosen = Policy.model_validate({"detector": {"model": model}})
+    worker = DetectorWorker(redis, keyspace, lambda: chosen, block_ms=10)
     await worker.ensure_group()
     await worker.load()
     async with redis.pipeline(transaction=False) as pipe:
@@ -388,6 +392,7 @@ async def test_the_shipped_model_through_the_worker(
     assert caught.reasons[0].startswith("detector:")
     assert len(caught.reasons) > 1  # the features that drove the score
     assert (await limiter.get_level(keyspace.level(benign.client))).level == "allow"
+    assert (worker.models.sequence is not None) == (model == "combined")
 
 
 async def test_the_worker_recovers_when_the_stream_is_gone(

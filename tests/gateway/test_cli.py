@@ -90,3 +90,17 @@ def test_serve_help_lists_options() -> None:
     assert result.exit_code == 0
     for option in ("--upstream", "--policy", "--redis", "--host", "--port", "--workers"):
         assert option in result.output
+
+
+@pytest.mark.parametrize("command", [["serve", "--upstream", "http://127.0.0.1:9"], ["worker"]])
+def test_a_detector_model_that_cannot_load_refuses_to_start(
+    command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detectors.models import sequence
+
+    monkeypatch.setattr(sequence, "torch_available", lambda: False)
+    policy = tmp_path / "p.yaml"
+    policy.write_text("detector: {model: combined}\n")
+    result = runner.invoke(app, [*command, "--policy", str(policy), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "cannot start the detector" in result.output and "needs torch" in result.output
