@@ -24,7 +24,6 @@ from gateway.ratelimit.levels import Level
 from gateway.store.events import DecisionEvent
 
 EXPLAIN_TOP = 3
-CAMPAIGN_WINDOW = 500  # a campaign's pooled window: its members' latest requests
 CAMPAIGN_ACTIVE_MS = 3_600_000  # linking looks at clients active in the last hour
 _SELF_INFLICTED = ("throttle", "block")
 
@@ -254,23 +253,33 @@ def active_windows(
 def score_campaigns(
     models: Models, windows: Mapping[str, Sequence[RequestRecord]]
 ) -> list[CampaignScore]:
-    """Link ``windows`` into campaigns (more than one member) and score each as one client
-    on its members' latest :data:`CAMPAIGN_WINDOW` requests."""
+    """Link ``windows`` into campaigns (more than one member) and score each: the higher of
+    its members' pooled window (bounded like one client's) and what most members score on
+    their own (:func:`detectors.campaigns.campaign_score`)."""
     if models.link is None:
         return []
+    from detectors.campaigns import campaign_score, pooled_window
+
     campaigns = [c for c in models.link(windows) if len(members(c)) > 1]
     if not campaigns:
         return []
-    pooled = [
-        sorted_window([r for m in members(c) for r in windows.get(m, ())])[-CAMPAIGN_WINDOW:]
-        for c in campaigns
-    ]
+    pooled = [pooled_window(windows, members(c)) for c in campaigns]
     X = featurize(models, pooled)
     scores = score_windows(models, X, pooled)
+    # Each member on its own window too: a campaign is at least what most members score.
+    minimum = models.scorer.min_requests
+    scored = sorted(
+        {m for c in campaigns for m in members(c) if len(windows.get(m, ())) >= minimum}
+    )
+    own: dict[str, float] = {}
+    if scored:
+        own_windows = [sorted_window(windows[m]) for m in scored]
+        found = score_windows(models, featurize(models, own_windows), own_windows)
+        own = {m: float(v) for m, v in zip(scored, found, strict=True)}
     out = []
     for i, campaign in enumerate(campaigns):
-        value = float(scores[i])
         names = tuple(sorted(members(campaign)))
+        value = campaign_score(float(scores[i]), [own.get(m) for m in names])
         cid = campaign_id(campaign, names)
         kinds = link_types(campaign)
         codes = (
