@@ -221,8 +221,8 @@ class Detector(_Model):
         default="additive",
         description="The shipped additive model alone, or the mean of it and the torch "
         "sequence model (needs the `torch` extra; BENCHMARKS.md compares them: on held-out "
-        "families combined catches more, at 0.6 % instead of 0 % benign FPR at the "
-        "operating point, and scores at about a third of the speed). Read at start.",
+        "families combined catches more harvesters at a higher benign FPR, and scores at "
+        "about a third of the speed). Read at start.",
     )
     thresholds: DetectorThresholds = DetectorThresholds()
     hysteresis: Annotated[float, Field(ge=0, le=1)] = Field(
