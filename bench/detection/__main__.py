@@ -290,7 +290,10 @@ def sequence_lines(report: dict[str, Any], costs: dict[str, Any]) -> list[str]:
         "",
         f"Pick (by out-of-fold TPR @ 1 % FPR on the training families, a tie within 0.01 going "
         f"to the cheaper additive model; the held-out families play no part): "
-        f"**{DETECTOR_NAMES[chosen]}**.",
+        f"**{DETECTOR_NAMES[chosen]}**. The policy's default stays `detector.model: additive`: "
+        "the sequence model needs the optional torch extra, and both rows with it have a "
+        "higher benign FPR at the operating point; `detector.model: combined` switches the "
+        "worker to the combination (the same thresholds apply, as both are calibrated alike).",
         "",
     ]
 
