@@ -39,14 +39,18 @@ from sim.traffic.export import to_event
 from tests.gateway.conftest import redis_sync  # noqa: F401
 
 RANK = {level: i for i, level in enumerate(LEVELS)}
-STRICT = {"watch": 0.15, "degrade": 0.25, "throttle": 0.5, "block": 0.9}
-LOOSE = {"watch": 0.9, "degrade": 0.99, "throttle": 0.995, "block": 0.999}
+# Set around the shipped model's scores of MIX: a blended key at about 0.03 is flagged only
+# by STRICT, one at about 0.998 reaches degrade under the default but not under LOOSE.
+# (Retraining the model may move those scores; the test then says which way.)
+STRICT = {"watch": 0.01, "degrade": 0.02, "throttle": 0.5, "block": 0.9}
+LOOSE = {"watch": 0.9, "degrade": 0.999, "throttle": 0.9999, "block": 0.99999}
 # (scenario, clients, seed): harvesters, blended keys (some harvesting inside benign
-# traffic, scored between the thresholds), and look-alikes, over an hour
+# traffic), and look-alikes, over an hour
 MIX = (
     ("self_instruct", 1, 6),
     ("logprob_sweep", 1, 7),
     ("blended_25", 2, 10),
+    ("blended_5", 2, 10),
     ("eval_harness", 1, 1),
     ("batch_labelling", 1, 2),
     ("chat_user", 2, 3),
