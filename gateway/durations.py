@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+# At most 9 digits a part: no overflow, and only ASCII digits.
+_DURATION = re.compile(r"(?:([0-9]{1,9})d)?(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,9})s)?")
 
 
 def parse_duration(text: str, max_s: float | None = None) -> float | None:
@@ -16,7 +17,7 @@ def parse_duration(text: str, max_s: float | None = None) -> float | None:
     text = text.strip().lower()
     if text in ("0", "never", "none"):
         return None
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not text or match is None or not any(match.groups()):
         raise ValueError(f"{text[:40]!r} is not a duration like 30s, 10m, 1h30m or 2d")
     d, h, m, s = (int(g) if g else 0 for g in match.groups())

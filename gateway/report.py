@@ -8,7 +8,6 @@ SVG, no scripts, no external resources; see ``gateway/report_templates``).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import tempfile
@@ -75,8 +74,6 @@ async def collect(
         detail = await review.client(summary.id, since_ms=since_ms)
         if detail is None:
             continue
-        if not policy.store.retention.keep_prompt_samples:
-            detail = _without_samples(detail)
         details.append(detail)
     campaigns = await review.campaigns(since_ms=since_ms)
     thresholds = {
@@ -96,13 +93,6 @@ async def collect(
         samples_kept=policy.store.retention.keep_prompt_samples,
         shadow=policy.shadow,
     )
-
-
-def _without_samples(detail: ClientDetail) -> ClientDetail:
-    """``detail`` with no prompt text: samples follow the policy in force now, also those
-    stored while an earlier policy kept them."""
-    recent = tuple(dataclasses.replace(e, prompt_sample="") for e in detail.recent)
-    return dataclasses.replace(detail, samples=(), recent=recent)
 
 
 # -- formatting helpers shared by the renderers ---------------------------------------------

@@ -19,7 +19,14 @@ MAX_CHARS = 300
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+"), "[email]"),
     (re.compile(r"\b(?:sk|pk|rk|api|key|tok)[-_][A-Za-z0-9_\-]{12,}\b", re.I), "[key]"),
-    (re.compile(r"\b[A-Za-z0-9_\-]*\d[A-Za-z0-9_\-]*[A-Za-z][A-Za-z0-9_\-]{30,}\b"), "[key]"),
+    # 32 or more token characters with a digit and a letter; lookaheads and a possessive
+    # run instead of nested quantifiers, which backtracked cubically on long tokens.
+    (
+        re.compile(
+            r"\b(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{32,}+(?![A-Za-z0-9_\-])"
+        ),
+        "[key]",
+    ),
     (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"), "[ip]"),
     (re.compile(r"(?:\+?\d[\d \-]{6,}\d)"), "[number]"),
 )
@@ -37,6 +44,8 @@ def prompt_sample(kind: str, body: dict[str, Any] | None, max_chars: int = MAX_C
     _text, latest, _messages, _users, _system = prompt_text(kind, body)
     if not latest:
         return ""
-    # Redact before cutting, so a cut never leaves half an address unredacted.
-    sample = redact(latest[: max_chars * 4])
+    # Redact before cutting, so a cut never leaves half an address unredacted; the text is
+    # first bounded at a word break, so that bound cannot split an address either.
+    head = latest if len(latest) <= max_chars * 4 else latest[: max_chars * 4].rsplit(None, 1)[0]
+    sample = redact(head)
     return sample if len(sample) <= max_chars else sample[: max_chars - 1] + "…"

@@ -48,7 +48,8 @@ log = logging.getLogger("antidistill.admin")
 PREFIX = "/admin/api"
 MAX_BODY_BYTES = 16 * 1024
 MAX_DURATION_S = 400 * 86_400
-_CLIENT_ID = re.compile(r"^(?:[0-9a-f]{64}|anonymous)$")
+_CLIENT_ID = re.compile(r"[0-9a-f]{64}|anonymous")
+_COUNT = re.compile(r"[0-9]{1,9}")
 _BODY_FIELDS = frozenset({"action", "reason", "level", "label", "ttl", "actor"})
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff"}
@@ -68,7 +69,7 @@ class ApiError(Exception):
 
 def valid_client_id(text: str) -> bool:
     """A client id as the gateway makes them: 64 lower-case hex digits, or ``anonymous``."""
-    return _CLIENT_ID.match(text) is not None
+    return _CLIENT_ID.fullmatch(text) is not None
 
 
 def parse_duration(text: str) -> float | None:
@@ -247,7 +248,7 @@ def _since(text: str | None) -> int | None:
 def _count(text: str | None, name: str, *, default: int, high: int) -> int:
     if text is None or text == "":
         return default
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= high:
+    if _COUNT.fullmatch(text) is None or not 1 <= int(text) <= high:
         raise ApiError(400, "invalid_parameter", f"{name} must be an integer from 1 to {high}.")
     return int(text)
 

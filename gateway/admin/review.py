@@ -224,7 +224,7 @@ class Review:
             shadow=shadow,
             by_member=_campaign_of(campaigns),
         )
-        recent = await self._events(client_id, events, since_ms)
+        recent = self._as_kept(await self._events(client_id, events, since_ms))
         entries = await audit.read(self._redis, keys, client=client_id, count=AUDIT_PER_CLIENT)
         return ClientDetail(
             summary=summary,
@@ -247,7 +247,14 @@ class Review:
         self, *, client: str | None = None, count: int = 100
     ) -> list[DecisionEvent]:
         """The latest ``count`` decision events (of one client, if given), newest last."""
-        return await self._events(client, count, None)
+        return self._as_kept(await self._events(client, count, None))
+
+    def _as_kept(self, events: list[DecisionEvent]) -> list[DecisionEvent]:
+        """``events`` with their prompt samples only if the policy in force keeps samples:
+        turning ``keep_prompt_samples`` off hides those stored while it was on, too."""
+        if self._policy().store.retention.keep_prompt_samples:
+            return events
+        return [dataclasses.replace(e, prompt_sample="") if e.prompt_sample else e for e in events]
 
     async def seen(self, client_id: str) -> bool:
         """Whether the gateway has logged a request of ``client_id``."""

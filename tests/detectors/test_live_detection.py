@@ -67,10 +67,15 @@ def _sims(scenario: str, seed: int, n: int) -> list[SimClient]:
 
 
 def _events(r: redis.Redis, keys: KeySpace) -> dict[str, list[dict[str, str]]]:
+    """Each client's events in the order its requests arrived (the stream is in the order
+    responses finished: a long answer admitted before the level rose is logged after
+    requests refused by it)."""
     by_client: dict[str, list[dict[str, str]]] = {}
     for _, fields in r.xrange(keys.decisions):
         event = {k.decode(): v.decode() for k, v in fields.items()}
         by_client.setdefault(event["client"], []).append(event)
+    for events in by_client.values():
+        events.sort(key=lambda e: int(e["ts"]))
     return by_client
 
 

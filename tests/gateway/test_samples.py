@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 import redis
 
 from gateway.keys import KeySpace
@@ -41,6 +42,23 @@ def test_long_samples_are_cut_after_redaction() -> None:
     assert len(sample) == MAX_CHARS and sample.endswith("…")
     near_cut = "x" * (MAX_CHARS - 10) + " carol@example.org"
     assert "carol" not in prompt_sample("openai-completions", {"prompt": near_cut})
+
+
+@pytest.mark.timeout(20)
+def test_redaction_takes_linear_time_on_long_tokens() -> None:
+    """A hang guard: nested quantifiers took 2.5 s on one such prompt (cubic backtracking),
+    and the redaction runs on the request loop."""
+    for n in range(50):
+        tail = "é" if n % 2 else "!"
+        assert prompt_sample("openai-chat", {"prompt": "1" * 600 + "a" * 599 + tail})
+
+
+def test_the_bound_before_redaction_does_not_split_an_address() -> None:
+    keys = " ".join("k3y" + "x" * 391 for _ in range(3))  # redacted to short "[key]"s
+    prompt = f"{keys} call me at alice.jones@example.org"
+    assert prompt.index("alice") < MAX_CHARS * 4 < prompt.index("@")  # the bound splits it
+    sample = prompt_sample("openai-completions", {"prompt": prompt})
+    assert sample.startswith("[key] [key] [key] call me at") and "alice" not in sample
 
 
 def test_the_gateway_keeps_samples_only_when_the_policy_says_so(

@@ -269,6 +269,16 @@ def test_bad_requests(admin: httpx.Client) -> None:
     assert status("GET", "/admin/api/decisions?client=../../etc") == (400, "invalid_client")
     assert status("GET", "/admin/api/audit?client=ABC") == (400, "invalid_client")
     assert status("GET", "/admin/api/clients/" + "A" * 64) == (400, "invalid_client")
+    # numbers too long for int() or float(), and ids with a trailing newline
+    assert status("GET", "/admin/api/clients?limit=" + "1" * 5000) == (400, "invalid_parameter")
+    assert status("GET", "/admin/api/clients?since=" + "9" * 400 + "d") == (
+        400,
+        "invalid_parameter",
+    )
+    huge_ttl = {"action": "block", "reason": "x", "ttl": "9" * 400 + "d"}
+    assert status("POST", f"/admin/api/clients/{CLIENT}/actions", json=huge_ttl)[0] == 400
+    assert status("GET", "/admin/api/clients/anonymous%0A") == (400, "invalid_client")
+    assert status("GET", "/admin/api/decisions?client=anonymous%0A") == (400, "invalid_client")
     assert status("GET", f"/admin/api/clients/{NEVER_SEEN}") == (404, "unknown_client")
     action = {"action": "block", "reason": "x"}
     assert status("POST", f"/admin/api/clients/{NEVER_SEEN}/actions", json=action) == (

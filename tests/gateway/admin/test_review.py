@@ -44,8 +44,14 @@ async def aredis(redis_url: str, keyspace: KeySpace) -> AsyncIterator[aioredis.R
     await client.aclose()
 
 
-def _policy(shadow: bool = False) -> Policy:
-    return Policy(shadow=shadow, clients={HARVESTER: ClientOverride(name=NAME, tier="default")})
+def _policy(shadow: bool = False, keep_samples: bool = True) -> Policy:
+    return Policy.model_validate(
+        {
+            "shadow": shadow,
+            "clients": {HARVESTER: {"name": NAME, "tier": "default"}},
+            "store": {"retention": {"keep_prompt_samples": keep_samples}},
+        }
+    )
 
 
 @pytest.fixture
@@ -185,6 +191,19 @@ async def test_client_detail(seeded: Review) -> None:
     assert detail.campaigns[0].members == (HARVESTER, LINKED)
     assert detail.audit == ()
     assert len(detail.recent) == 30 and detail.recent[-1].ts == NOW - 10_000 + 29
+
+
+async def test_samples_follow_the_policy_in_force(
+    seeded: Review, aredis: aioredis.Redis, keyspace: KeySpace
+) -> None:
+    """Samples stored while the policy kept them are hidden once it no longer does."""
+    stopped = Review(aredis, keyspace, lambda: _policy(keep_samples=False))
+    detail = await stopped.client(HARVESTER)
+    assert detail is not None and detail.samples == ()
+    assert all(e.prompt_sample == "" for e in detail.recent)
+    assert all(e.prompt_sample == "" for e in await stopped.decisions(client=HARVESTER))
+    kept = await seeded.decisions(client=HARVESTER)
+    assert any(e.prompt_sample for e in kept)
 
 
 async def test_client_detail_limits_and_audit(seeded: Review) -> None:
