@@ -176,7 +176,7 @@ def fit_net(
                     logits, target[idx], weight=w[idx], reduction="sum"
                 ) / w[idx].sum().clamp(min=1e-6)
                 opt.zero_grad()
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(idx)
                 seen += len(idx)

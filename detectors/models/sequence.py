@@ -213,7 +213,7 @@ def build_net(config: NetConfig, inputs: int = len(SEQ_FEATURE_NAMES)) -> torch.
     import torch
     from torch import nn
 
-    class ConvAttention(nn.Module):
+    class ConvAttention(nn.Module):  # type: ignore[misc]  # torch is Any to mypy
         def __init__(self) -> None:
             super().__init__()
             h, k = config.hidden, config.kernel
