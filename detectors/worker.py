@@ -45,7 +45,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from detectors.schema import RequestFeatures, RequestRecord
+from detectors.schema import RequestRecord
 from detectors.scoring import (
     EXPLAIN_TOP,
     Explanation,
@@ -62,6 +62,7 @@ from detectors.scoring import (
     score_windows,
     sorted_window,
 )
+from detectors.window_codec import pack, unpack
 from gateway.keys import KeySpace
 from gateway.policy import Policy
 from gateway.ratelimit.levels import Level, decode_level
@@ -79,70 +80,11 @@ STATS_EVERY_S = 5.0
 YIELD_EVERY = 64  # events decoded between yields to the event loop
 SINCE_FIELD = "detector_since_ms"
 
-__all__ = ["DetectorWorker", "Models", "Scorer", "load_default_models", "pack", "unpack"]
+__all__ = ["DetectorWorker", "Models", "Scorer", "load_default_models"]
 
 
 def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-# -- the compact form a window is persisted in ------------------------------------------
-
-
-def pack(record: RequestRecord) -> bytes:
-    """A record as stored in a client's window list (no client id: the key names it)."""
-    f = record.features
-    return orjson.dumps(
-        [
-            record.ts_ms,
-            record.route,
-            record.status,
-            record.decision,
-            record.prompt_tokens,
-            record.completion_tokens,
-            record.params,
-            [
-                f.prompt_chars,
-                f.prompt_words,
-                f.messages,
-                f.user_turns,
-                f.system_chars,
-                int(f.reasoning_marker),
-                f.sketch,
-                f.template,
-            ],
-            record.client_ip,
-            record.tls_fingerprint,
-            record.org_id,
-        ]
-    )
-
-
-def unpack(client: str, data: bytes) -> RequestRecord:
-    ts, route, status, decision, pt, ct, params, feats, ip, tls, org = orjson.loads(data)
-    return RequestRecord(
-        ts_ms=ts,
-        client=client,
-        route=route,
-        status=status,
-        decision=decision,
-        prompt_tokens=pt,
-        completion_tokens=ct,
-        params=params,
-        features=RequestFeatures(
-            prompt_chars=feats[0],
-            prompt_words=feats[1],
-            messages=feats[2],
-            user_turns=feats[3],
-            system_chars=feats[4],
-            reasoning_marker=bool(feats[5]),
-            sketch=feats[6],
-            template=feats[7],
-        ),
-        client_ip=ip,
-        tls_fingerprint=tls,
-        org_id=org,
-    )
 
 
 def record_of(fields: dict[bytes, bytes]) -> RequestRecord | None:

@@ -5,49 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from detectors.schema import RequestFeatures, RequestRecord
-from detectors.worker import GROUP, DetectorWorker, Models, pack, unpack
+from detectors.window_codec import pack, unpack
+from detectors.worker import GROUP, DetectorWorker, Models
 from gateway.keys import KeySpace
 from gateway.policy import Policy
 from gateway.ratelimit.limiter import Limiter
 from gateway.store.connect import connect
 from gateway.store.events import DecisionEvent
+from tests.detectors.standin import Campaign, StandIn, featurize
 
 ATTACKER = "a" * 64
 BENIGN = "b" * 64
 _ids = itertools.count()
-
-
-class StandIn:
-    """Scores a window by its share of reasoning-elicitation requests."""
-
-    min_requests = 5
-
-    def score(self, X: Any) -> Any:
-        return np.asarray(X)[:, 0]
-
-    def explain(self, x: Any, top: int = 3) -> list[tuple[str, float, float, float]]:
-        return [("reasoning_share", float(x[0]), float(x[0]), 0.0)]
-
-
-def featurize(records: Sequence[RequestRecord]) -> Any:
-    share = sum(r.features.reasoning_marker for r in records) / len(records)
-    return np.array([share, len(records)], dtype=np.float64)
-
-
-@dataclass(frozen=True)
-class Campaign:
-    clients: tuple[str, ...]
-    link_types: tuple[str, ...]
 
 
 def models(link: Any = None) -> Models:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from detectors import replay as replay_module
 from detectors.replay import ReplayOutcome, replay, replay_many, score_timeline
-from detectors.schema import RequestFeatures, RequestRecord
+from detectors.schema import RequestFeatures
 from detectors.worker import DetectorWorker, Models, load_default_models
 from gateway.cli import app
 from gateway.keys import KeySpace
@@ -36,6 +36,7 @@ from gateway.replay import compare
 from gateway.store.events import DecisionEvent
 from sim.traffic import SimClient, generate
 from sim.traffic.export import to_event
+from tests.detectors.standin import Campaign, StandIn, featurize
 from tests.gateway.conftest import redis_sync  # noqa: F401
 
 RANK = {level: i for i, level in enumerate(LEVELS)}
@@ -300,29 +301,6 @@ async def test_replay_reaches_what_the_live_worker_reaches(
 
 
 # -- the cadence and the ladder in event time, with a stand-in scorer ------------------
-
-
-class StandIn:
-    """Scores a window by its share of reasoning-elicitation requests."""
-
-    min_requests = 5
-
-    def score(self, X: Any) -> Any:
-        return np.asarray(X)[:, 0]
-
-    def explain(self, x: Any, top: int = 3) -> list[tuple[str, float, float, float]]:
-        return [("reasoning_share", float(x[0]), float(x[0]), 0.0)]
-
-
-def featurize(records: Sequence[RequestRecord]) -> Any:
-    share = sum(r.features.reasoning_marker for r in records) / len(records)
-    return np.array([share, len(records)], dtype=np.float64)
-
-
-@dataclass(frozen=True)
-class Campaign:
-    clients: tuple[str, ...]
-    link_types: tuple[str, ...]
 
 
 def _event(
